@@ -1,0 +1,175 @@
+"""The FAISS candidate stage: a structure over a proxy of the Lorentz coordinates.
+
+It proposes, for each query, candidate rows (global row numbers of the snapshot,
+which are also the FAISS ids: appends add rows at the end). The exact rerank
+(:mod:`hyperret.rerank`) then decides. Built, extended, saved and loaded here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import faiss
+import numpy as np
+
+from .presets import Preset
+from .proxies import PROXIES, Proxy, State, pad, padded_dim
+
+Progress = Callable[[int], None]  # called with the number of rows just added
+_ADD_CHUNK = 20_000
+_IO_FLAGS = faiss.IO_FLAG_MMAP_IFC if hasattr(faiss, "IO_FLAG_MMAP_IFC") else 0
+
+
+@dataclass
+class CandidateStage:
+    """A FAISS index over the proxy of every row of a snapshot."""
+
+    index: faiss.Index
+    preset: Preset
+    factory: str  # what was actually built (a small index gets "Flat")
+    state: State
+    dim: int
+    curv: float
+    trained_rows: int = 0
+
+    @property
+    def proxy(self) -> Proxy:
+        return PROXIES[self.preset.proxy]
+
+    @property
+    def rows(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_exhaustive(self) -> bool:
+        """True when the structure is a flat scan (candidates are exact up to rounding)."""
+        return self.factory == "Flat" and self.proxy.name in ("ip", "mips_l2")
+
+    # ----------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        preset: Preset,
+        spaces: Sequence[np.ndarray],
+        dim: int,
+        curv: float,
+        progress: Progress | None = None,
+    ) -> "CandidateStage":
+        """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``)."""
+        proxy = PROXIES[preset.proxy]
+        n = sum(len(s) for s in spaces)
+        state = _merged_state(proxy, spaces, curv)
+        d = padded_dim(dim, proxy, preset.pad_to)
+        factory = _factory_for(preset, n, d)
+        metric = faiss.METRIC_INNER_PRODUCT if proxy.metric == "ip" else faiss.METRIC_L2
+        index = faiss.index_factory(d, factory, metric)
+        hnsw = _hnsw(index)
+        if hnsw is not None and "efConstruction" in preset.build:
+            hnsw.efConstruction = int(preset.build["efConstruction"])
+        stage = cls(index=index, preset=preset, factory=factory, state=state, dim=dim, curv=curv)
+        if not index.is_trained:
+            sample = _sample_rows(spaces, preset.train_rows)
+            index.train(pad(proxy.database(sample, curv, state), d))
+            stage.trained_rows = n
+        stage._add(spaces, progress)
+        return stage
+
+    def try_extend(self, spaces: Sequence[np.ndarray], progress: Progress | None = None) -> bool:
+        """Add rows in place; False (nothing added) when a rebuild is due instead."""
+        n_new = sum(len(s) for s in spaces)
+        total = self.rows + n_new
+        if not self.proxy.covers(self.state, _merged_state(self.proxy, spaces, self.curv)):
+            return False  # e.g. the MIPS reduction's M no longer bounds every norm
+        if self.trained_rows and total > self.preset.rebuild_growth * self.trained_rows:
+            return False  # the trained quantiser no longer represents the data
+        if self.factory != _factory_for(self.preset, total, self.index.d):
+            return False  # grew past min_rows, or nlist is due to change
+        self._add(spaces, progress)
+        return True
+
+    def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
+        d = self.index.d
+        for s in spaces:
+            for start in range(0, len(s), _ADD_CHUNK):
+                chunk = s[start : start + _ADD_CHUNK]
+                self.index.add(pad(self.proxy.database(chunk, self.curv, self.state), d))
+                if progress is not None:
+                    progress(len(chunk))
+
+    # ---------------------------------------------------------------- search
+    def search(self, queries: np.ndarray, kc: int) -> np.ndarray:
+        """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
+        xq = pad(self.proxy.query(queries, self.curv, self.state), self.index.d)
+        params = self._search_params(kc)
+        if params is None:
+            _, rows = self.index.search(xq, kc)
+        else:
+            _, rows = self.index.search(xq, kc, params=params)
+        return rows
+
+    def _search_params(self, kc: int):
+        hnsw = _hnsw(self.index)
+        if hnsw is not None:
+            ef = max(int(self.preset.search.get("efSearch", 64)), kc)
+            return faiss.SearchParametersHNSW(efSearch=ef)
+        try:
+            faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+        return faiss.SearchParametersIVF(nprobe=int(self.preset.search.get("nprobe", 16)))
+
+    # ------------------------------------------------------------------- io
+    def save(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, preset: Preset, factory: str, state: State, dim: int, curv: float,
+             trained_rows: int) -> "CandidateStage":
+        index = faiss.read_index(str(path), _IO_FLAGS if factory == "Flat" else 0)
+        return cls(index=index, preset=preset, factory=factory, state=dict(state), dim=dim,
+                   curv=curv, trained_rows=trained_rows)
+
+
+def _hnsw(index: faiss.Index):
+    idx = faiss.downcast_index(index)
+    return getattr(idx, "hnsw", None)
+
+
+def _factory_for(preset: Preset, n: int, d: int) -> str:
+    if n < max(1, preset.min_rows):
+        return "Flat"
+    nlist = preset.nlist or _auto_nlist(n)
+    pq_m = d // max(1, preset.pq_sub)
+    return preset.factory.format(nlist=nlist, d=d, pq_m=pq_m)
+
+
+def _auto_nlist(n: int) -> int:
+    """About ``4 sqrt(n)`` lists, a power of two, with at least 39 training points each."""
+    target = max(1.0, min(4.0 * math.sqrt(n), n / 39.0))
+    return max(1, 2 ** int(round(math.log2(target))))
+
+
+def _merged_state(proxy: Proxy, spaces: Sequence[np.ndarray], curv: float) -> State:
+    out: State = {}
+    for s in spaces:
+        for start in range(0, len(s), 262_144):
+            for k, v in proxy.state_for(s[start : start + 262_144], curv).items():
+                out[k] = max(out.get(k, 0.0), v)
+    return out
+
+
+def _sample_rows(spaces: Sequence[np.ndarray], limit: int, seed: int = 0) -> np.ndarray:
+    """Up to ``limit`` rows drawn without replacement across ``spaces`` -> ``(s, dim)``."""
+    counts = np.array([len(s) for s in spaces], dtype=np.int64)
+    n = int(counts.sum())
+    take = np.sort(np.random.default_rng(seed).choice(n, size=min(n, limit), replace=False))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    parts = []
+    for i, s in enumerate(spaces):
+        sel = take[(take >= offsets[i]) & (take < offsets[i + 1])] - offsets[i]
+        if len(sel):
+            parts.append(np.asarray(s[sel], dtype=np.float32))
+    return np.concatenate(parts) if parts else np.zeros((0, spaces[0].shape[1]), np.float32)

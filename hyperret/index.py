@@ -1,0 +1,482 @@
+"""The public Index: create, open, add, commit, search.
+
+Data flow: ``add`` validates and buffers rows (spilling full shards to disk);
+``commit`` writes the remaining shard, extends or rebuilds the FAISS candidate
+structure, and swaps the manifest in atomically; ``search`` asks the candidate
+stage for rows and lets the exact Lorentz rerank decide.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import lorentz, validate
+from .candidates import CandidateStage
+from .errors import (
+    DuplicateIdError,
+    IndexExistsError,
+    InvalidInputError,
+    ReadOnlyIndexError,
+)
+from .presets import Preset, load_preset
+from .rerank import ShardSet, rerank
+from .result import SearchResult
+from .snapshot import Snapshot
+from .storage.fsutil import WriterLock, fsync_dir, fsync_file, sha256_file
+from .storage.manifest import MANIFEST_NAME, CandidateEntry, FileEntry, Manifest, new_manifest, write_manifest
+from .storage.shards import SHARD_DIR, Shard, build_table, write_shard
+
+CANDIDATE_DIR = "faiss"
+#: Pending rows are written to a (not yet committed) shard once they reach this size.
+SPILL_BYTES = 256 << 20
+
+StepHook = Callable[[str], None]
+Progress = Callable[[int], None]
+
+
+class Index:
+    """A hyperbolic (Lorentz-model) vector index in a directory.
+
+    Open read-only with :meth:`open` (a snapshot that never changes under you) or
+    for writing with ``open(path, writable=True)`` / :meth:`create` (one writer
+    at a time, enforced by a lock file). ``search`` is safe from many threads.
+    """
+
+    def __init__(self, path: Path, snapshot: Snapshot, lock: WriterLock | None):
+        self.path = path
+        self._snap = snapshot
+        self._lock = lock
+        self._rw = _RWLock()
+        self._pending: list[tuple[np.ndarray, np.ndarray, pa.Table | None]] = []
+        self._pending_bytes = 0
+        self._pending_files: list[FileEntry] = []
+        self._pending_ids: list[np.ndarray] = []
+        self._next_id = snapshot.manifest.next_id
+        #: Called with a step name during commit ("shards_written", "candidates_written",
+        #: "committed"): a seam for fault-injection tests and instrumentation.
+        self.on_commit_step: StepHook | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        dim: int,
+        curv: float = 1.0,
+        preset: str | Preset | None = None,
+        *,
+        producer: dict[str, Any] | None = None,
+    ) -> "Index":
+        """Create an empty index at ``path`` and return it open for writing."""
+        path = Path(path)
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
+        try:
+            curv = float(curv)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"curvature must be a number, got {curv!r}") from None
+        if not np.isfinite(curv) or curv <= 0:
+            raise InvalidInputError(f"curvature must be positive and finite, got {curv}")
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
+        if (path / MANIFEST_NAME).exists():
+            raise IndexExistsError(f"an index already exists at {path}")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise IndexExistsError(f"{path} exists and is not an empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            from . import __version__
+
+            prod = {"tool": f"hyperret {__version__}", **(producer or {})}
+            manifest = new_manifest(int(dim), curv, p.to_dict(), prod)
+            write_manifest(path, manifest)
+            fsync_dir(path.parent)
+        except BaseException:
+            lock.release()
+            raise
+        snap = Snapshot(path=path, manifest=manifest, shards=[], shardset=ShardSet([], int(dim)), stage=None)
+        return cls(path, snap, lock)
+
+    @classmethod
+    def open(cls, path: str | Path, writable: bool = False) -> "Index":
+        """Open the committed snapshot at ``path`` (read-only unless ``writable``)."""
+        path = Path(path)
+        lock = None
+        if writable:
+            Snapshot.open(path)  # a clear "no index" error before any lock file is made
+            lock = WriterLock(path)
+            lock.acquire()
+        try:
+            ix = cls(path, Snapshot.open(path), lock)
+            if writable:
+                ix._collect_garbage()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return ix
+
+    def close(self) -> None:
+        """Drop uncommitted rows and release the write lock (if held)."""
+        self.rollback() if self.writable else None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ properties
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None and self._lock.held
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._snap.manifest
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def curv(self) -> float:
+        return self.manifest.curv
+
+    @property
+    def preset(self) -> Preset:
+        return Preset.from_dict(self.manifest.preset)
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def __len__(self) -> int:
+        return self._snap.rows
+
+    def __repr__(self) -> str:
+        mode = "writable" if self.writable else "read-only"
+        return (f"Index({str(self.path)!r}, rows={len(self)}, dim={self.dim}, curv={self.curv:g}, "
+                f"preset={self.manifest.preset['name']!r}, version={self.version}, {mode})")
+
+    # ------------------------------------------------------------------ add
+    def add(self, vectors: Any, ids: Any = None, metadata: Any = None) -> np.ndarray:
+        """Buffer rows for the next :meth:`commit`; returns their ids ``(n,)`` int64.
+
+        ``vectors``: ``(n, dim)`` space components. ``ids``: optional unique
+        integers (assigned from the index's counter otherwise). ``metadata``: an
+        Arrow table or a dict of columns with ``n`` rows.
+        """
+        self._require_writable()
+        x = validate.vectors(vectors, self.dim)
+        n = x.shape[0]
+        meta = validate.metadata(metadata, n)
+        with self._rw.write():
+            if meta is not None:
+                self._check_metadata_types(meta)
+            if ids is None:
+                new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            else:
+                new_ids = validate.ids(ids, n)
+                self._check_new_ids(new_ids)
+            if n:
+                self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+                self._pending.append((new_ids, x, meta))
+                self._pending_ids.append(new_ids)
+                self._pending_bytes += x.nbytes
+                if self._pending_bytes >= SPILL_BYTES:
+                    self._spill()
+        return new_ids
+
+    def rollback(self) -> None:
+        """Forget every row added since the last commit."""
+        with self._rw.write():
+            self._pending.clear()
+            self._pending_ids.clear()
+            self._pending_bytes = 0
+            self._pending_files.clear()  # their files are collected as garbage
+            self._next_id = self.manifest.next_id
+        if self.writable:
+            self._collect_garbage()
+
+    @property
+    def pending(self) -> int:
+        """Rows added but not yet committed."""
+        return sum(len(i) for i in self._pending_ids)
+
+    def _check_new_ids(self, new_ids: np.ndarray) -> None:
+        clash = new_ids[self._snap.rows_of(new_ids) >= 0]
+        if len(clash):
+            raise DuplicateIdError(f"id {int(clash[0])} is already in the index")
+        for prev in self._pending_ids:
+            both = np.intersect1d(prev, new_ids)
+            if len(both):
+                raise DuplicateIdError(f"id {int(both[0])} was already added (uncommitted)")
+
+    def _check_metadata_types(self, meta: pa.Table) -> None:
+        known = dict(self.manifest.metadata_columns)
+        for _, _, m in self._pending:
+            if m is not None:
+                known.update({f.name: str(f.type) for f in m.schema})
+        for f in meta.schema:
+            if f.name in known and known[f.name] != str(f.type) and not pa.types.is_null(f.type):
+                raise InvalidInputError(
+                    f"metadata column {f.name!r} has type {f.type}, the index has {known[f.name]}"
+                )
+
+    def _spill(self) -> None:
+        """Write the buffered rows as one not-yet-committed shard."""
+        if not self._pending:
+            return
+        ids = np.concatenate([p[0] for p in self._pending])
+        x = np.concatenate([p[1] for p in self._pending])
+        metas = [p[2] if p[2] is not None else pa.table({}).append_column("_", pa.nulls(len(p[0]))).drop(["_"])
+                 for p in self._pending]
+        meta = _concat_metadata(metas, [len(p[0]) for p in self._pending])
+        t64 = lorentz.time_component(x, self.curv)
+        r64 = lorentz.radius(x, self.curv)
+        table = build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
+        entry = write_shard(self.path, table, tag=f"v{self.version + 1:06d}")
+        self._pending_files.append(entry)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    # --------------------------------------------------------------- commit
+    def commit(self, progress: Progress | None = None) -> int:
+        """Make every added row durable and searchable; returns the new snapshot version.
+
+        Atomic: the new shards and candidate structure are written and fsync'd
+        before the manifest is swapped in; a crash at any instant leaves the last
+        committed snapshot readable and whole.
+        """
+        self._require_writable()
+        with self._rw.write():
+            if not self._pending and not self._pending_files:
+                return self.version
+            old = self._snap
+            try:
+                new_snap = self._commit_locked(old, progress)
+            except BaseException:
+                self._snap = Snapshot.load(self.path, old.manifest)  # drop in-memory extension
+                raise
+            self._snap = new_snap
+            self._pending_files.clear()
+            self._pending_ids.clear()
+        self._collect_garbage()
+        return self.version
+
+    def _commit_locked(self, old: Snapshot, progress: Progress | None) -> Snapshot:
+        self._spill()
+        new_shards = [Shard.open(self.path, e, self.dim) for e in self._pending_files]
+        fsync_dir(self.path / SHARD_DIR)
+        self._step("shards_written")
+        shards = old.shards + new_shards
+        spaces_new = [s.space for s in new_shards]
+        stage = old.stage
+        if stage is None or not stage.try_extend(spaces_new, progress):
+            if progress is not None and stage is not None:
+                progress(-stage.rows)  # rebuilding: rows counted again
+            stage = CandidateStage.build(
+                Preset.from_dict(old.manifest.preset), [s.space for s in shards], self.dim, self.curv, progress
+            )
+        cand = self._write_candidates(stage)
+        self._step("candidates_written")
+        meta_cols = dict(old.manifest.metadata_columns)
+        for s in new_shards:
+            for f in s.table.schema:
+                if f.name not in meta_cols and f.name not in ("id", "space", "time", "radius"):
+                    meta_cols[f.name] = str(f.type)
+        manifest = old.manifest.committed(
+            shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,
+            metadata_columns=meta_cols,
+        )
+        write_manifest(self.path, manifest)
+        self._step("committed")
+        return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage)
+
+    def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
+        rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}.faiss"
+        path = self.path / rel
+        path.parent.mkdir(exist_ok=True)
+        stage.save(path)
+        fsync_file(path)
+        fsync_dir(path.parent)
+        return CandidateEntry(
+            file=rel, bytes=path.stat().st_size, sha256=sha256_file(path), rows=stage.rows,
+            factory=stage.factory, proxy=stage.proxy.name, proxy_state=dict(stage.state),
+            trained_rows=stage.trained_rows,
+        )
+
+    def _step(self, name: str) -> None:
+        if self.on_commit_step is not None:
+            self.on_commit_step(name)
+
+    def _collect_garbage(self) -> None:
+        """Remove files no committed snapshot or pending write references (writer only)."""
+        keep = set(self.manifest.files()) | {e.file for e in self._pending_files}
+        for sub in (SHARD_DIR, CANDIDATE_DIR):
+            d = self.path / sub
+            if d.is_dir():
+                for f in d.iterdir():
+                    if f"{sub}/{f.name}" not in keep:
+                        f.unlink(missing_ok=True)
+        for f in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
+            f.unlink(missing_ok=True)
+
+    # --------------------------------------------------------------- search
+    def search(self, queries: Any, k: int = 10, *, candidates: int | None = None) -> SearchResult:
+        """The ``k`` nearest rows of each query ``(m, dim)`` by exact geodesic distance.
+
+        ``candidates`` overrides how many rows the candidate stage proposes for the
+        exact rerank (default from the preset, see ``Preset.candidates_for``).
+        """
+        q = validate.vectors(queries, self.dim, what="query vectors")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        with self._rw.read():
+            snap = self._snap
+            n = snap.rows
+            if snap.stage is None or n == 0:
+                rows = np.full((len(q), k), -1, np.int64)
+                dist = np.full((len(q), k), np.inf)
+                exact = True
+            else:
+                preset = snap.stage.preset
+                kc = candidates if candidates is not None else preset.candidates_for(k)
+                if kc < k:
+                    raise InvalidInputError(f"candidates ({kc}) must be at least k ({k})")
+                cand = snap.stage.search(q, min(kc, n))
+                rows, dist = rerank(q, cand, snap.shardset, self.curv, int(k))
+                exact = snap.stage.is_exhaustive
+        return SearchResult(
+            ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap
+        )
+
+    # ---------------------------------------------------------------- reads
+    def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
+        """Stored rows by id (every column unless ``columns``); unknown ids are an error."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        snap = self._snap
+        rows = snap.rows_of(ids)
+        if (rows < 0).any():
+            raise InvalidInputError(f"id {int(ids[rows < 0][0])} is not in the index")
+        return snap.take(rows, list(columns) if columns else None)
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """Stored space components of ``ids`` -> ``(n, dim)`` float32."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        rows = self._snap.rows_of(ids)
+        if (rows < 0).any():
+            raise InvalidInputError(f"id {int(ids[rows < 0][0])} is not in the index")
+        return np.stack([self._snap.shardset.row(int(g)) for g in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
+
+    def ids(self) -> np.ndarray:
+        """Every id in the snapshot, in row order -> ``(n,)`` int64."""
+        return self._snap.all_ids()
+
+    def refresh(self) -> bool:
+        """Move a read-only handle to the newest committed snapshot; True if it changed."""
+        if self.writable:
+            return False
+        with self._rw.write():
+            new = Snapshot.open(self.path)
+            changed = new.manifest.version != self._snap.manifest.version
+            self._snap = new
+        return changed
+
+    def verify(self) -> None:
+        """Check every committed file against its manifest checksum (reads every byte)."""
+        self._snap.verify()
+
+    def info(self) -> dict[str, Any]:
+        """A summary of the snapshot (what ``hyperret info --json`` prints)."""
+        m = self.manifest
+        shard_bytes = sum(s.bytes for s in m.shards)
+        cand_bytes = m.candidates.bytes if m.candidates else 0
+        return {
+            "path": str(self.path),
+            "version": m.version,
+            "format_version": m.format_version,
+            "rows": m.rows,
+            "dim": m.dim,
+            "curv": m.curv,
+            "geometry": m.geometry,
+            "preset": m.preset["name"],
+            "candidate_structure": m.candidates.factory if m.candidates else None,
+            "candidate_space": m.candidates.proxy if m.candidates else None,
+            "shards": len(m.shards),
+            "shard_bytes": shard_bytes,
+            "candidate_bytes": cand_bytes,
+            "total_bytes": shard_bytes + cand_bytes,
+            "metadata_columns": dict(m.metadata_columns),
+            "producer": dict(m.producer),
+            "created_at": m.created_at,
+            "committed_at": m.committed_at,
+        }
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise ReadOnlyIndexError(f"index {self.path} is open read-only; use Index.open(path, writable=True)")
+
+
+def _concat_metadata(metas: list[pa.Table], counts: list[int]) -> pa.Table | None:
+    """Concatenate per-add metadata tables, null-filling columns an add did not give."""
+    names: dict[str, pa.DataType] = {}
+    for m in metas:
+        for f in m.schema:
+            if f.name not in names or pa.types.is_null(names[f.name]):
+                names[f.name] = f.type
+    if not names:
+        return None
+    parts = []
+    for m, n in zip(metas, counts):
+        cols = {name: (m.column(name).cast(t) if name in m.column_names else pa.nulls(n, t))
+                for name, t in names.items()}
+        parts.append(pa.table(cols))
+    return pa.concat_tables(parts).combine_chunks()
+
+
+class _RWLock:
+    """Many concurrent readers or one writer (searches vs. commits on one handle)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

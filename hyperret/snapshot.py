@@ -1,0 +1,156 @@
+"""A committed snapshot, opened: memory-mapped shards, the candidate stage, row lookups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .candidates import CandidateStage
+from .errors import IndexCorruptError
+from .presets import Preset
+from .rerank import ShardSet
+from .storage.fsutil import sha256_file
+from .storage.manifest import Manifest, read_manifest
+from .storage.shards import CORE_COLUMNS, Shard
+
+_OPEN_RETRIES = 5
+
+
+@dataclass
+class Snapshot:
+    """Everything one committed manifest names, opened read-only."""
+
+    path: Path
+    manifest: Manifest
+    shards: list[Shard]
+    shardset: ShardSet
+    stage: CandidateStage | None
+    _id_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: Path) -> "Snapshot":
+        """Open the committed snapshot; retries if a concurrent commit removed a file."""
+        for _ in range(_OPEN_RETRIES):
+            manifest = read_manifest(path)
+            try:
+                return cls.load(path, manifest)
+            except FileNotFoundError as e:
+                if read_manifest(path).version == manifest.version:
+                    raise IndexCorruptError(f"index {path}: committed file missing: {e.filename}") from e
+        raise IndexCorruptError(f"index {path} changed {_OPEN_RETRIES} times while opening")
+
+    @classmethod
+    def load(cls, path: Path, manifest: Manifest) -> "Snapshot":
+        shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
+        stage = None
+        c = manifest.candidates
+        if c is not None:
+            stage = CandidateStage.load(
+                path / c.file, Preset.from_dict(manifest.preset), c.factory, c.proxy_state,
+                manifest.dim, manifest.curv, c.trained_rows,
+            )
+            if stage.rows != manifest.rows:
+                raise IndexCorruptError(
+                    f"candidate structure covers {stage.rows} rows, the snapshot has {manifest.rows}"
+                )
+        shardset = ShardSet([s.space for s in shards], manifest.dim)
+        return cls(path=path, manifest=manifest, shards=shards, shardset=shardset, stage=stage)
+
+    @property
+    def rows(self) -> int:
+        return self.shardset.rows
+
+    # ------------------------------------------------------------ row lookups
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shard number and local row of global ``rows: (n,)`` (all valid)."""
+        s = np.searchsorted(self.shardset.offsets, rows, side="right") - 1
+        return s, rows - self.shardset.offsets[s]
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Ids of global ``rows`` (any shape); ``-1`` stays ``-1``."""
+        flat = rows.reshape(-1)
+        out = np.full(flat.shape, -1, dtype=np.int64)
+        ok = flat >= 0
+        if ok.any():
+            s, local = self.locate(flat[ok])
+            vals = np.empty(len(s), dtype=np.int64)
+            for i in np.unique(s):
+                sel = s == i
+                vals[sel] = self.shards[i].ids[local[sel]]
+            out[ok] = vals
+        return out.reshape(rows.shape)
+
+    def all_ids(self) -> np.ndarray:
+        """Every id, in row order -> ``(n,)`` int64."""
+        if not self.shards:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([s.ids for s in self.shards])
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Global rows of ``ids: (n,)``; ``-1`` for ids not in the snapshot."""
+        if self._id_lookup is None:
+            all_ids = self.all_ids()
+            order = np.argsort(all_ids, kind="stable")
+            self._id_lookup = (all_ids[order], order.astype(np.int64))
+        sorted_ids, order = self._id_lookup
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(sorted_ids, ids)
+        pos_c = np.minimum(pos, max(0, len(sorted_ids) - 1))
+        found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids) if len(sorted_ids) else np.zeros(ids.shape, bool)
+        return np.where(found, order[pos_c], -1)
+
+    def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Rows (valid global row numbers) as one Arrow table, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        names = columns or self.column_names()
+        s, local = self.locate(rows)
+        parts, order = [], []
+        for i in np.unique(s):
+            sel = np.flatnonzero(s == i)
+            t = self.shards[i].table
+            cols = {n: (t.column(n).take(pa.array(local[sel])) if n in t.column_names
+                        else pa.nulls(len(sel), self._type_of(n))) for n in names}
+            parts.append(pa.table(cols))
+            order.append(sel)
+        if not parts:
+            return pa.table({n: pa.array([], self._type_of(n)) for n in names})
+        table = pa.concat_tables(parts, promote_options="permissive")
+        inverse = np.argsort(np.concatenate(order), kind="stable")
+        return table.take(pa.array(inverse))
+
+    def metadata_rows(self, rows: np.ndarray, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        """Metadata dicts of global ``rows: (n,)``; ``{}`` for ``-1``."""
+        names = columns if columns is not None else list(self.manifest.metadata_columns)
+        out: list[dict[str, Any]] = [{} for _ in range(len(rows))]
+        ok = np.flatnonzero(rows >= 0)
+        if not names or not len(ok):
+            return out
+        for j, rec in zip(ok, self.take(rows[ok], names).to_pylist()):
+            out[j] = rec
+        return out
+
+    def column_names(self) -> list[str]:
+        return list(CORE_COLUMNS) + list(self.manifest.metadata_columns)
+
+    def _type_of(self, name: str) -> pa.DataType:
+        for s in self.shards:
+            if name in s.table.column_names:
+                return s.table.schema.field(name).type
+        return pa.null()
+
+    # ---------------------------------------------------------------- verify
+    def verify(self) -> None:
+        """Recompute every file's checksum; raise :class:`IndexCorruptError` on a mismatch."""
+        entries = list(self.manifest.shards)
+        if self.manifest.candidates is not None:
+            entries.append(self.manifest.candidates)
+        for e in entries:
+            p = self.path / e.file
+            if not p.exists():
+                raise IndexCorruptError(f"{e.file}: missing")
+            if p.stat().st_size != e.bytes or sha256_file(p) != e.sha256:
+                raise IndexCorruptError(f"{e.file}: checksum mismatch")

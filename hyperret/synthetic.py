@@ -1,0 +1,94 @@
+"""HySAC-like labelled points for the demo, the tests and the benchmarks.
+
+Four classes, as in the ViSU benchmark and HySAC's Figure 1: ``S`` safe text,
+``V`` safe image, ``U`` unsafe text, ``G`` unsafe image. Each point belongs to a
+concept (a random direction); modality and safety shift the direction a little
+(a modality gap and a per-concept unsafe offset) and set the distance to the
+origin, drawn around one of four separate peaks. Points are space components on
+the hyperboloid of curvature ``-curv``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import lorentz
+
+CLASSES = ("S", "V", "U", "G")
+#: Default peaks of the geodesic distance to the origin, per class (curvature-free
+#: units: the radius is ``peak / sqrt(curv)``, so the four peaks stay separate at
+#: any curvature).
+DEFAULT_PEAKS = {"S": 0.9, "V": 1.5, "U": 2.2, "G": 2.8}
+
+
+@dataclass(frozen=True)
+class LabelledPoints:
+    """Generated points and their labels (all arrays of length ``n``)."""
+
+    space: np.ndarray  # shape: (n, dim) float32 space components
+    cls: np.ndarray  # shape: (n,) str, one of CLASSES
+    concept: np.ndarray  # shape: (n,) int64
+    curv: float
+
+    @property
+    def modality(self) -> np.ndarray:
+        """``"text"`` for S/U, ``"image"`` for V/G, shape ``(n,)``."""
+        return np.where(np.isin(self.cls, ("S", "U")), "text", "image")
+
+    @property
+    def unsafe(self) -> np.ndarray:
+        """True for U/G, shape ``(n,)``."""
+        return np.isin(self.cls, ("U", "G"))
+
+    def __len__(self) -> int:
+        return int(self.space.shape[0])
+
+
+def make_points(
+    n: int,
+    dim: int = 64,
+    *,
+    curv: float = 1.0,
+    n_concepts: int = 32,
+    classes: tuple[str, ...] = CLASSES,
+    peaks: dict[str, float] | None = None,
+    spread: float = 0.06,
+    concept_noise: float = 0.35,
+    seed: int = 0,
+) -> LabelledPoints:
+    """``n`` labelled points in ``dim`` dimensions, classes drawn uniformly from ``classes``."""
+    if n < 0 or dim < 2 or n_concepts < 1:
+        raise ValueError("need n >= 0, dim >= 2, n_concepts >= 1")
+    rng = np.random.default_rng(seed)
+    peaks = {**DEFAULT_PEAKS, **(peaks or {})}
+    centres = _unit(rng.standard_normal((n_concepts, dim)))
+    unsafe_shift = _unit(rng.standard_normal((n_concepts, dim)))
+    modality_gap = _unit(rng.standard_normal(dim))
+
+    cls = np.asarray(classes)[rng.integers(0, len(classes), n)]
+    concept = rng.integers(0, n_concepts, n).astype(np.int64)
+    is_unsafe = np.isin(cls, ("U", "G"))
+    is_image = np.isin(cls, ("V", "G"))
+
+    direction = centres[concept] + concept_noise * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    direction += 0.5 * is_unsafe[:, None] * unsafe_shift[concept]
+    direction += 0.3 * is_image[:, None] * modality_gap
+    peak = np.array([peaks[c] for c in cls], dtype=np.float64) if n else np.zeros(0)
+    r = np.clip(peak + spread * rng.standard_normal(n), 0.05, None) / np.sqrt(curv)
+    space = lorentz.point_at_radius(_unit(direction), r, curv).astype(np.float32)
+    return LabelledPoints(space=space, cls=cls, concept=concept, curv=float(curv))
+
+
+def make_queries(points: LabelledPoints, m: int, *, jitter: float = 0.05, seed: int = 1) -> np.ndarray:
+    """``m`` queries near randomly chosen ``points`` (tangent-space jitter) -> ``(m, dim)`` float32."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(points), m)
+    v = lorentz.log_map0(points.space[pick].astype(np.float64), points.curv)
+    v += jitter * rng.standard_normal(v.shape) / np.sqrt(v.shape[1])
+    return lorentz.exp_map0(v, points.curv).astype(np.float32)
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)

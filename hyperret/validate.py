@@ -1,0 +1,81 @@
+"""Checks on user input: vectors, ids and metadata. Each failure is a named error."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import DimensionMismatchError, DuplicateIdError, InvalidInputError, NonFiniteError
+from .storage.shards import CORE_COLUMNS
+
+#: The id that marks "no result" in search output; users cannot store it.
+NO_ID = -1
+
+
+def vectors(x: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
+    """``x`` as a C-contiguous ``(n, dim)`` float32 array of finite values."""
+    try:
+        a = np.asarray(x, dtype=np.float32)
+    except (ValueError, TypeError) as e:
+        raise DimensionMismatchError(f"{what} are ragged or not numeric: {e}") from None
+    if a.ndim == 1 and dim is not None and a.shape[0] == dim:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise DimensionMismatchError(f"{what} must be a 2-D array (n, dim), got shape {a.shape}")
+    if dim is not None and a.shape[1] != dim:
+        raise DimensionMismatchError(f"{what} have dimension {a.shape[1]}, the index has {dim}")
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.all(axis=1))
+        raise NonFiniteError(
+            f"{what} contain NaN or infinite values (or values beyond float32) "
+            f"in {len(bad)} row(s), first at row {bad[0]}"
+        )
+    return np.ascontiguousarray(a)
+
+
+def ids(x: Any, n: int) -> np.ndarray:
+    """User ids as ``(n,)`` int64, unique within the batch and never :data:`NO_ID`."""
+    a = np.asarray(x)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise InvalidInputError(f"ids must be a 1-D sequence of {n} integers, got shape {a.shape}")
+    if n and not np.issubdtype(a.dtype, np.integer):
+        raise InvalidInputError(f"ids must be integers, got {a.dtype}")
+    a = a.astype(np.int64)
+    if (a == NO_ID).any():
+        raise InvalidInputError(f"id {NO_ID} is reserved (it marks missing results)")
+    uniq, counts = np.unique(a, return_counts=True)
+    if (counts > 1).any():
+        raise DuplicateIdError(f"duplicate id {int(uniq[counts > 1][0])} within the batch")
+    return a
+
+
+def metadata(x: Any, n: int) -> pa.Table | None:
+    """Metadata as an Arrow table of ``n`` rows (from a table, record batch or dict of columns)."""
+    if x is None:
+        return None
+    if isinstance(x, pa.RecordBatch):
+        x = pa.Table.from_batches([x])
+    if isinstance(x, Mapping):
+        try:
+            x = pa.table({k: _column(v) for k, v in x.items()})
+        except (pa.ArrowException, TypeError, ValueError) as e:
+            raise InvalidInputError(f"metadata columns are not Arrow-convertible: {e}") from None
+    if not isinstance(x, pa.Table):
+        raise InvalidInputError("metadata must be an Arrow table, a record batch or a dict of columns")
+    if x.num_rows != n:
+        raise InvalidInputError(f"metadata has {x.num_rows} rows, the vectors {n}")
+    clash = sorted(set(x.column_names) & set(CORE_COLUMNS))
+    if clash:
+        raise InvalidInputError(f"metadata columns may not be named {clash} (reserved)")
+    if len(set(x.column_names)) != len(x.column_names):
+        raise InvalidInputError("metadata has repeated column names")
+    return x.combine_chunks()
+
+
+def _column(v: Any) -> pa.Array:
+    if isinstance(v, (pa.Array, pa.ChunkedArray)):
+        return v
+    return pa.array(np.asarray(v) if isinstance(v, np.ndarray) else list(v))
