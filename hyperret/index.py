@@ -241,9 +241,7 @@ class Index:
             return
         ids = np.concatenate([p[0] for p in self._pending])
         x = np.concatenate([p[1] for p in self._pending])
-        metas = [p[2] if p[2] is not None else pa.table({}).append_column("_", pa.nulls(len(p[0]))).drop(["_"])
-                 for p in self._pending]
-        meta = _concat_metadata(metas, [len(p[0]) for p in self._pending])
+        meta = _concat_metadata([p[2] for p in self._pending], [len(p[0]) for p in self._pending])
         t64 = lorentz.time_component(x, self.curv)
         r64 = lorentz.radius(x, self.curv)
         table = build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
@@ -430,18 +428,18 @@ class Index:
             raise ReadOnlyIndexError(f"index {self.path} is open read-only; use Index.open(path, writable=True)")
 
 
-def _concat_metadata(metas: list[pa.Table], counts: list[int]) -> pa.Table | None:
+def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:
     """Concatenate per-add metadata tables, null-filling columns an add did not give."""
     names: dict[str, pa.DataType] = {}
     for m in metas:
-        for f in m.schema:
+        for f in m.schema if m is not None else ():
             if f.name not in names or pa.types.is_null(names[f.name]):
                 names[f.name] = f.type
     if not names:
         return None
     parts = []
     for m, n in zip(metas, counts):
-        cols = {name: (m.column(name).cast(t) if name in m.column_names else pa.nulls(n, t))
+        cols = {name: (m.column(name).cast(t) if m is not None and name in m.column_names else pa.nulls(n, t))
                 for name, t in names.items()}
         parts.append(pa.table(cols))
     return pa.concat_tables(parts).combine_chunks()

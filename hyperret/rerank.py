@@ -16,12 +16,30 @@ from typing import Sequence
 
 import numba
 import numpy as np
-from numba import njit, prange
-from numba.typed import List as TypedList
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 # Reassociation lets LLVM vectorise the float64 sums; results stay deterministic
 # for a given build and agree with the NumPy reference to ~1e-15 relative.
 _FM = {"reassoc", "contract", "nsz"}
+
+
+@intrinsic
+def _f32_ptr(typingctx, address):
+    """An int64 address as a float32 pointer (shard bases, kept alive by ShardSet)."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float32)))
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _row_view(bases, offsets, g, dim):
+    """Space components of global row ``g`` as a ``(dim,)`` view into its shard."""
+    s = np.searchsorted(offsets, g, side="right") - 1
+    return numba.carray(_f32_ptr(bases[s] + (g - offsets[s]) * dim * 4), (dim,))
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
@@ -68,13 +86,14 @@ def _prepare_query(q, inv_c):
     return uq, rq, tq
 
 
-@njit(cache=True, parallel=True)
-def _rerank_kernel(queries, cand, offsets, shards, curv, k):
+@njit(cache=True, parallel=True, nogil=True)
+def _rerank_kernel(queries, cand, offsets, bases, curv, k):
     m, kc = cand.shape
+    dim = queries.shape[1]
     out_rows = np.full((m, k), -1, dtype=np.int64)
     out_dist = np.full((m, k), np.inf, dtype=np.float64)
     inv_c = 1.0 / curv
-    n_shards = len(shards)
+    n_shards = bases.shape[0]
     for i in prange(m):
         q = queries[i]
         uq, rq, tq = _prepare_query(q, inv_c)
@@ -85,8 +104,8 @@ def _rerank_kernel(queries, cand, offsets, shards, curv, k):
             g = rows[j]
             if g < 0 or g >= offsets[n_shards] or (j > 0 and rows[j - 1] == g):
                 continue
-            s = np.searchsorted(offsets, g, side="right") - 1
-            dist[j] = _distance_row(shards[s][g - offsets[s]], uq, rq, tq, q, inv_c, curv)
+            x = _row_view(bases, offsets, g, dim)
+            dist[j] = _distance_row(x, uq, rq, tq, q, inv_c, curv)
             valid[j] = True
         order = np.argsort(dist, kind="mergesort")  # stable: equal distances keep row order
         c = 0
@@ -103,17 +122,22 @@ def _rerank_kernel(queries, cand, offsets, shards, curv, k):
 
 
 class ShardSet:
-    """The space columns of a snapshot's shards, packed once for the kernels."""
+    """The space columns of a snapshot's shards as the kernels see them.
+
+    Zero-copy: the kernels get each shard's base address and the row offsets, and
+    this object keeps the (memory-mapped) arrays alive for as long as it lives.
+    """
 
     def __init__(self, spaces: Sequence[np.ndarray], dim: int):
         self.dim = dim
-        counts = np.array([s.shape[0] for s in spaces], dtype=np.int64)
-        self.offsets = np.zeros(len(spaces) + 1, dtype=np.int64)
+        self.arrays = [np.ascontiguousarray(s, dtype=np.float32) for s in spaces]
+        for a in self.arrays:
+            if a.ndim != 2 or a.shape[1] != dim:
+                raise ValueError(f"shard array of shape {a.shape} in a set of dimension {dim}")
+        counts = np.array([a.shape[0] for a in self.arrays], dtype=np.int64)
+        self.offsets = np.zeros(len(self.arrays) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.offsets[1:])
-        typed = TypedList()
-        for s in spaces or [np.zeros((0, dim), dtype=np.float32)]:
-            typed.append(np.ascontiguousarray(s, dtype=np.float32))
-        self.arrays = typed
+        self.bases = np.array([a.ctypes.data for a in self.arrays], dtype=np.int64)
 
     @property
     def rows(self) -> int:
@@ -139,7 +163,9 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
     c = np.ascontiguousarray(candidates, dtype=np.int64)
     if q.shape[0] == 0 or k == 0:
         return np.full((q.shape[0], k), -1, np.int64), np.full((q.shape[0], k), np.inf)
-    args = (q, c, shards.offsets, shards.arrays, float(curv), int(k))
+    if q.shape[1] != shards.dim:
+        raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {shards.dim}")
+    args = (q, c, shards.offsets, shards.bases, float(curv), int(k))
     if _needs_lock():
         with _layer_lock:
             return _rerank_kernel(*args)

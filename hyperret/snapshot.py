@@ -98,10 +98,10 @@ class Snapshot:
             self._id_lookup = (all_ids[order], order.astype(np.int64))
         sorted_ids, order = self._id_lookup
         ids = np.asarray(ids, dtype=np.int64)
-        pos = np.searchsorted(sorted_ids, ids)
-        pos_c = np.minimum(pos, max(0, len(sorted_ids) - 1))
-        found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == ids) if len(sorted_ids) else np.zeros(ids.shape, bool)
-        return np.where(found, order[pos_c], -1)
+        if len(sorted_ids) == 0:
+            return np.full(ids.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Rows (valid global row numbers) as one Arrow table, in the order given."""

@@ -56,9 +56,17 @@ def make_points(
     peaks: dict[str, float] | None = None,
     spread: float = 0.06,
     concept_noise: float = 0.35,
+    intrinsic_dim: int | None = None,
     seed: int = 0,
+    part: int = 0,
 ) -> LabelledPoints:
-    """``n`` labelled points in ``dim`` dimensions, classes drawn uniformly from ``classes``."""
+    """``n`` labelled points in ``dim`` dimensions, classes drawn uniformly from ``classes``.
+
+    ``intrinsic_dim`` confines the within-concept variation to that many random
+    directions (real embeddings vary along few); ``None`` spreads it over all ``dim``.
+    ``part`` draws a further batch of the same collection (same concepts, new points),
+    so large collections can be generated in pieces.
+    """
     if n < 0 or dim < 2 or n_concepts < 1:
         raise ValueError("need n >= 0, dim >= 2, n_concepts >= 1")
     rng = np.random.default_rng(seed)
@@ -66,13 +74,20 @@ def make_points(
     centres = _unit(rng.standard_normal((n_concepts, dim)))
     unsafe_shift = _unit(rng.standard_normal((n_concepts, dim)))
     modality_gap = _unit(rng.standard_normal(dim))
+    basis = _unit(rng.standard_normal((intrinsic_dim, dim))) if intrinsic_dim else None
+    if part:
+        rng = np.random.default_rng([seed, part])
 
     cls = np.asarray(classes)[rng.integers(0, len(classes), n)]
     concept = rng.integers(0, n_concepts, n).astype(np.int64)
     is_unsafe = np.isin(cls, ("U", "G"))
     is_image = np.isin(cls, ("V", "G"))
 
-    direction = centres[concept] + concept_noise * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    if intrinsic_dim is None:
+        noise = rng.standard_normal((n, dim)) / np.sqrt(dim)
+    else:
+        noise = (rng.standard_normal((n, intrinsic_dim)) / np.sqrt(intrinsic_dim)) @ basis
+    direction = centres[concept] + concept_noise * noise
     direction += 0.5 * is_unsafe[:, None] * unsafe_shift[concept]
     direction += 0.3 * is_image[:, None] * modality_gap
     peak = np.array([peaks[c] for c in cls], dtype=np.float64) if n else np.zeros(0)
