@@ -111,15 +111,28 @@ class CandidateStage:
         return rows
 
     def _search_params(self, kc: int):
-        hnsw = _hnsw(self.index)
-        if hnsw is not None:
+        kind = self._kind()
+        if kind == "hnsw":
             ef = max(int(self.preset.search.get("efSearch", 64)), kc)
             return faiss.SearchParametersHNSW(efSearch=ef)
-        try:
-            faiss.extract_index_ivf(self.index)
-        except RuntimeError:
-            return None
-        return faiss.SearchParametersIVF(nprobe=int(self.preset.search.get("nprobe", 16)))
+        if kind == "ivf":
+            return faiss.SearchParametersIVF(nprobe=int(self.preset.search.get("nprobe", 16)))
+        return None
+
+    def _kind(self) -> str:
+        """"hnsw", "ivf" or "flat": which search parameters the structure takes (cached)."""
+        kind = getattr(self, "_kind_cache", None)
+        if kind is None:
+            if _hnsw(self.index) is not None:
+                kind = "hnsw"
+            else:
+                try:
+                    faiss.extract_index_ivf(self.index)
+                    kind = "ivf"
+                except RuntimeError:
+                    kind = "flat"
+            self._kind_cache = kind
+        return kind
 
     # ------------------------------------------------------------------- io
     def save(self, path: Path) -> None:

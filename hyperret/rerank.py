@@ -86,39 +86,52 @@ def _prepare_query(q, inv_c):
     return uq, rq, tq
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _rerank_kernel(queries, cand, offsets, bases, curv, k):
-    m, kc = cand.shape
-    dim = queries.shape[1]
-    out_rows = np.full((m, k), -1, dtype=np.int64)
-    out_dist = np.full((m, k), np.inf, dtype=np.float64)
+@njit(cache=True, nogil=True)
+def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
+    """Exact top ``len(out_rows)`` of one query among its candidate rows (in place)."""
+    kc = cand_row.shape[0]
+    k = out_rows.shape[0]
+    dim = q.shape[0]
     inv_c = 1.0 / curv
-    n_shards = bases.shape[0]
-    for i in prange(m):
-        q = queries[i]
-        uq, rq, tq = _prepare_query(q, inv_c)
-        rows = np.sort(cand[i])  # row order: better locality, deterministic ties
-        dist = np.full(kc, np.inf, dtype=np.float64)
-        valid = np.zeros(kc, dtype=np.bool_)
-        for j in range(kc):
-            g = rows[j]
-            if g < 0 or g >= offsets[n_shards] or (j > 0 and rows[j - 1] == g):
-                continue
-            x = _row_view(bases, offsets, g, dim)
-            dist[j] = _distance_row(x, uq, rq, tq, q, inv_c, curv)
-            valid[j] = True
-        order = np.argsort(dist, kind="mergesort")  # stable: equal distances keep row order
-        c = 0
-        for j in range(kc):
-            o = order[j]
-            if not valid[o]:
-                continue
-            out_rows[i, c] = rows[o]
-            out_dist[i, c] = dist[o]
-            c += 1
-            if c == k:
-                break
-    return out_rows, out_dist
+    total = offsets[offsets.shape[0] - 1]
+    uq, rq, tq = _prepare_query(q, inv_c)
+    rows = np.sort(cand_row)  # row order: better locality, deterministic ties
+    dist = np.full(kc, np.inf, dtype=np.float64)
+    valid = np.zeros(kc, dtype=np.bool_)
+    for j in range(kc):
+        g = rows[j]
+        if g < 0 or g >= total or (j > 0 and rows[j - 1] == g):
+            continue
+        x = _row_view(bases, offsets, g, dim)
+        dist[j] = _distance_row(x, uq, rq, tq, q, inv_c, curv)
+        valid[j] = True
+    order = np.argsort(dist, kind="mergesort")  # stable: equal distances keep row order
+    c = 0
+    for j in range(kc):
+        o = order[j]
+        if not valid[o]:
+            continue
+        out_rows[c] = rows[o]
+        out_dist[c] = dist[o]
+        c += 1
+        if c == k:
+            break
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _rerank_parallel(queries, cand, offsets, bases, curv, out_rows, out_dist):
+    for i in prange(queries.shape[0]):
+        _rerank_one(queries[i], cand[i], offsets, bases, curv, out_rows[i], out_dist[i])
+
+
+@njit(cache=True, nogil=True)
+def _rerank_serial(queries, cand, offsets, bases, curv, out_rows, out_dist):
+    for i in range(queries.shape[0]):
+        _rerank_one(queries[i], cand[i], offsets, bases, curv, out_rows[i], out_dist[i])
+
+
+#: Below this many queries a batch runs on the calling thread (no thread-pool start-up).
+PARALLEL_MIN_QUERIES = 4
 
 
 class ShardSet:
@@ -165,11 +178,17 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
         return np.full((q.shape[0], k), -1, np.int64), np.full((q.shape[0], k), np.inf)
     if q.shape[1] != shards.dim:
         raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {shards.dim}")
-    args = (q, c, shards.offsets, shards.bases, float(curv), int(k))
-    if _needs_lock():
+    out_rows = np.full((q.shape[0], k), -1, dtype=np.int64)
+    out_dist = np.full((q.shape[0], k), np.inf, dtype=np.float64)
+    args = (q, c, shards.offsets, shards.bases, float(curv), out_rows, out_dist)
+    if q.shape[0] < PARALLEL_MIN_QUERIES:
+        _rerank_serial(*args)
+    elif _needs_lock():
         with _layer_lock:
-            return _rerank_kernel(*args)
-    return _rerank_kernel(*args)
+            _rerank_parallel(*args)
+    else:
+        _rerank_parallel(*args)
+    return out_rows, out_dist
 
 
 def _needs_lock() -> bool:

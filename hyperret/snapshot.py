@@ -72,6 +72,9 @@ class Snapshot:
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         """Ids of global ``rows`` (any shape); ``-1`` stays ``-1``."""
+        if len(self.shards) == 1:
+            ids = self.shards[0].ids
+            return np.where(rows >= 0, ids[np.maximum(rows, 0)], -1) if len(ids) else np.full(rows.shape, -1)
         flat = rows.reshape(-1)
         out = np.full(flat.shape, -1, dtype=np.int64)
         ok = flat >= 0
