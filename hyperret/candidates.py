@@ -15,8 +15,11 @@ from typing import Callable, Sequence
 import faiss
 import numpy as np
 
+from . import graph
+from .errors import IndexCorruptError
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
+from .rerank import ShardSet
 
 Progress = Callable[[int], None]  # called with the number of rows just added
 _ADD_CHUNK = 20_000
@@ -34,14 +37,20 @@ class CandidateStage:
     dim: int
     curv: float
     trained_rows: int = 0
+    proxy_name: str = ""  # the space actually indexed; "" = the preset's
 
     @property
     def proxy(self) -> Proxy:
-        return PROXIES[self.preset.proxy]
+        return PROXIES[self.proxy_name or self.preset.proxy]
 
     @property
     def rows(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def navigates_lorentz(self) -> bool:
+        """True when search walks the graph with the exact inner product (hyperret.graph)."""
+        return self.preset.navigate == "lorentz" and self._kind() == "hnsw"
 
     @property
     def is_exhaustive(self) -> bool:
@@ -59,17 +68,19 @@ class CandidateStage:
         progress: Progress | None = None,
     ) -> "CandidateStage":
         """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``)."""
-        proxy = PROXIES[preset.proxy]
         n = sum(len(s) for s in spaces)
+        factory = _factory_for(preset, n, padded_dim(dim, PROXIES[preset.proxy], preset.pad_to))
+        # Below min_rows the fallback is a flat scan: of the exact reduction, so it is exact.
+        proxy = PROXIES["ip" if factory == "Flat" and preset.factory != "Flat" else preset.proxy]
         state = _merged_state(proxy, spaces, curv)
         d = padded_dim(dim, proxy, preset.pad_to)
-        factory = _factory_for(preset, n, d)
         metric = faiss.METRIC_INNER_PRODUCT if proxy.metric == "ip" else faiss.METRIC_L2
         index = faiss.index_factory(d, factory, metric)
         hnsw = _hnsw(index)
         if hnsw is not None and "efConstruction" in preset.build:
             hnsw.efConstruction = int(preset.build["efConstruction"])
-        stage = cls(index=index, preset=preset, factory=factory, state=state, dim=dim, curv=curv)
+        stage = cls(index=index, preset=preset, factory=factory, state=state, dim=dim, curv=curv,
+                    proxy_name=proxy.name)
         if not index.is_trained:
             sample = _sample_rows(spaces, preset.train_rows)
             index.train(pad(proxy.database(sample, curv, state), d))
@@ -85,12 +96,14 @@ class CandidateStage:
             return False  # e.g. the MIPS reduction's M no longer bounds every norm
         if self.trained_rows and total > self.preset.rebuild_growth * self.trained_rows:
             return False  # the trained quantiser no longer represents the data
-        if self.factory != _factory_for(self.preset, total, self.index.d):
+        if self.factory != _factory_for(self.preset, total, padded_dim(self.dim, PROXIES[self.preset.proxy],
+                                                                       self.preset.pad_to)):
             return False  # grew past min_rows, or nlist is due to change
         self._add(spaces, progress)
         return True
 
     def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
+        self._graph = None  # the graph's arrays may move when it grows
         d = self.index.d
         for s in spaces:
             for start in range(0, len(s), _ADD_CHUNK):
@@ -100,8 +113,14 @@ class CandidateStage:
                     progress(len(chunk))
 
     # ---------------------------------------------------------------- search
-    def search(self, queries: np.ndarray, kc: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, kc: int, shards: ShardSet) -> np.ndarray:
         """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
+        if self.navigates_lorentz:
+            g = getattr(self, "_graph", None)
+            if g is None:
+                g = self._graph = graph.Graph.of(self.index)
+            ef = int(self.preset.search.get("efSearch", 64))
+            return graph.search(g, queries, shards, self.curv, kc, ef)
         xq = pad(self.proxy.query(queries, self.curv, self.state), self.index.d)
         params = self._search_params(kc)
         if params is None:
@@ -139,11 +158,21 @@ class CandidateStage:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path, preset: Preset, factory: str, state: State, dim: int, curv: float,
-             trained_rows: int) -> "CandidateStage":
-        index = faiss.read_index(str(path), _IO_FLAGS if factory == "Flat" else 0)
+    def load(cls, path: Path, preset: Preset, factory: str, proxy: str, state: State, dim: int, curv: float,
+             trained_rows: int, *, writable: bool = False) -> "CandidateStage":
+        """Read a saved structure; a read-only graph walked in Lorentz order skips the proxy vectors."""
+        flags = _IO_FLAGS if factory == "Flat" and not writable else 0  # a mapped index cannot grow
+        if not writable and preset.navigate == "lorentz" and factory.startswith("HNSW"):
+            flags |= faiss.IO_FLAG_SKIP_STORAGE
+        if not path.exists():
+            raise FileNotFoundError(2, "candidate structure missing", str(path))
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as e:
+            raise IndexCorruptError(f"candidate structure {path.name} is unreadable: "
+                                    f"{str(e).strip().splitlines()[-1]}") from None
         return cls(index=index, preset=preset, factory=factory, state=dict(state), dim=dim,
-                   curv=curv, trained_rows=trained_rows)
+                   curv=curv, trained_rows=trained_rows, proxy_name=proxy)
 
 
 def _hnsw(index: faiss.Index):

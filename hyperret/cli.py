@@ -210,10 +210,15 @@ def _print_hits(hits: list[list[dict[str, Any]]]) -> None:
 
     extra = sorted({key for qh in hits for h in qh for key in h} - {"id", "distance"})
     t = Table("query", "rank", "id", "distance", *extra)
+    for col in t.columns:
+        col.overflow = "fold"  # never cut a value short
     for i, qh in enumerate(hits):
         for r, h in enumerate(qh):
             t.add_row(str(i), str(r + 1), str(h["id"]), f"{h['distance']:.6g}", *(str(h.get(c, "")) for c in extra))
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:  # piped: no terminal width to respect
+        console = Console(width=max(console.width, 240))
+    console.print(t)
 
 
 # ----------------------------------------------------------------- info

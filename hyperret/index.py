@@ -115,7 +115,7 @@ class Index:
             lock = WriterLock(path)
             lock.acquire()
         try:
-            ix = cls(path, Snapshot.open(path), lock)
+            ix = cls(path, Snapshot.open(path, writable=writable), lock)
             if writable:
                 ix._collect_garbage()
         except BaseException:
@@ -266,7 +266,7 @@ class Index:
             try:
                 new_snap = self._commit_locked(old, progress)
             except BaseException:
-                self._snap = Snapshot.load(self.path, old.manifest)  # drop in-memory extension
+                self._snap = Snapshot.load(self.path, old.manifest, writable=True)  # drop in-memory extension
                 raise
             self._snap = new_snap
             self._pending_files.clear()
@@ -354,7 +354,7 @@ class Index:
                 kc = candidates if candidates is not None else preset.candidates_for(k)
                 if kc < k:
                     raise InvalidInputError(f"candidates ({kc}) must be at least k ({k})")
-                cand = snap.stage.search(q, min(kc, n))
+                cand = snap.stage.search(q, min(kc, n), snap.shardset)
                 rows, dist = rerank(q, cand, snap.shardset, self.curv, int(k))
                 exact = snap.stage.is_exhaustive
         return SearchResult(
@@ -446,17 +446,22 @@ def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Tabl
 
 
 class _RWLock:
-    """Many concurrent readers or one writer (searches vs. commits on one handle)."""
+    """Many concurrent readers or one writer (searches vs. commits on one handle).
+
+    Writer-preferring: once a commit waits, new searches queue behind it, so a
+    stream of searches cannot starve it.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
+        self._writers_waiting = 0
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            while self._writer:
+            while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
         try:
@@ -469,8 +474,10 @@ class _RWLock:
     @contextmanager
     def write(self) -> Iterator[None]:
         with self._cond:
+            self._writers_waiting += 1
             while self._writer or self._readers:
                 self._cond.wait()
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield

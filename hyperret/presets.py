@@ -44,6 +44,7 @@ class Preset:
     pad_to: int = 1  # proxy dimension rounded up to a multiple of this (PQ needs d % m == 0)
     pq_sub: int = 4  # dimensions per PQ sub-quantiser, for {pq_m}
     nlist: int = 0  # IVF lists; 0: about 4 sqrt(rows), at most rows / 39
+    navigate: str = "proxy"  # HNSW only: "lorentz" walks the graph with the exact inner product
 
     def candidates_for(self, k: int) -> int:
         """Candidates the rerank sees for ``k`` results."""
@@ -68,6 +69,8 @@ class Preset:
 
         if p.proxy not in PROXIES:
             raise PresetError(f"{where}: unknown proxy {p.proxy!r}; known: {sorted(PROXIES)}")
+        if p.navigate not in ("proxy", "lorentz"):
+            raise PresetError(f"{where}: navigate must be 'proxy' or 'lorentz', got {p.navigate!r}")
         if p.k_factor < 1 or p.k_extra < 0:
             raise PresetError(f"{where}: k_factor must be >= 1 and k_extra >= 0")
         return p

@@ -32,26 +32,26 @@ class Snapshot:
     _id_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path) -> "Snapshot":
+    def open(cls, path: Path, *, writable: bool = False) -> "Snapshot":
         """Open the committed snapshot; retries if a concurrent commit removed a file."""
         for _ in range(_OPEN_RETRIES):
             manifest = read_manifest(path)
             try:
-                return cls.load(path, manifest)
+                return cls.load(path, manifest, writable=writable)
             except FileNotFoundError as e:
                 if read_manifest(path).version == manifest.version:
                     raise IndexCorruptError(f"index {path}: committed file missing: {e.filename}") from e
         raise IndexCorruptError(f"index {path} changed {_OPEN_RETRIES} times while opening")
 
     @classmethod
-    def load(cls, path: Path, manifest: Manifest) -> "Snapshot":
+    def load(cls, path: Path, manifest: Manifest, *, writable: bool = False) -> "Snapshot":
         shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
         stage = None
         c = manifest.candidates
         if c is not None:
             stage = CandidateStage.load(
-                path / c.file, Preset.from_dict(manifest.preset), c.factory, c.proxy_state,
-                manifest.dim, manifest.curv, c.trained_rows,
+                path / c.file, Preset.from_dict(manifest.preset), c.factory, c.proxy, c.proxy_state,
+                manifest.dim, manifest.curv, c.trained_rows, writable=writable,
             )
             if stage.rows != manifest.rows:
                 raise IndexCorruptError(

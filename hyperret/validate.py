@@ -17,7 +17,8 @@ NO_ID = -1
 def vectors(x: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
     """``x`` as a C-contiguous ``(n, dim)`` float32 array of finite values."""
     try:
-        a = np.asarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+            a = np.asarray(x, dtype=np.float32)
     except (ValueError, TypeError) as e:
         raise DimensionMismatchError(f"{what} are ragged or not numeric: {e}") from None
     if a.ndim == 1 and dim is not None and a.shape[0] == dim:

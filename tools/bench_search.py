@@ -31,6 +31,10 @@ PART = 100_000
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would inherit the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

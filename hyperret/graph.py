@@ -1,0 +1,197 @@
+"""Navigate a FAISS-built HNSW graph with the exact Lorentz inner product (Numba).
+
+A graph must be *built* in a symmetric space (the Poincare-ball proxy): HNSW over
+the asymmetric inner-product reduction does not navigate. But ranking by a
+symmetric proxy loses the true neighbours of far-out points, which in hyperbolic
+space lie toward the origin. So hyperret lets FAISS build the graph over the
+proxy and walks it here with the true order: ``-<q, x>_L``, computed from the
+float32 rows of the memory-mapped shards (float64 sums). The graph's arrays are
+read in place from the FAISS index (no copy); the ``ef`` best rows found go on
+to the exact rerank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+from numba import njit, prange
+
+from .rerank import ShardSet, _row_view
+
+_FM = {"reassoc", "contract", "nsz"}
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Zero-copy views of an HNSW graph's arrays (valid while ``owner`` lives)."""
+
+    neighbors: np.ndarray  # shape: (total_links,) int32, -1 = empty slot
+    offsets: np.ndarray  # shape: (n + 1,) int64, node i's links start here
+    cum: np.ndarray  # shape: (levels + 1,) int32, link slots before each level
+    levels: np.ndarray  # shape: (n,) int32, number of levels of each node
+    entry: int
+    max_level: int
+    owner: object  # the FAISS index that holds the arrays
+
+    @classmethod
+    def of(cls, index: faiss.Index) -> "Graph":
+        h = faiss.downcast_index(index).hnsw
+
+        def view(vec):
+            return faiss.rev_swig_ptr(vec.data(), vec.size()) if vec.size() else np.zeros(0, np.int32)
+
+        offsets = view(h.offsets).view(np.int64)  # size_t values < 2**63: reinterpret, no copy
+        return cls(view(h.neighbors), offsets, view(h.cum_nneighbor_per_level), view(h.levels),
+                   int(h.entry_point), int(h.max_level), index)
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _score(q, qt, x, inv_c):
+    """``-<q, x>_L`` (smaller = nearer) for a query row and a float32 row, float64 sums."""
+    dot = 0.0
+    nx = 0.0
+    for j in range(q.shape[0]):
+        xj = np.float64(x[j])
+        dot += np.float64(q[j]) * xj
+        nx += xj * xj
+    return qt * math.sqrt(inv_c + nx) - dot
+
+
+@njit(cache=True, inline="always")
+def _sift_up(hd, hi, pos, sign):
+    """Restore a binary heap (min-heap if sign=1, max-heap if sign=-1) after a push."""
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if sign * hd[pos] < sign * hd[parent]:
+            hd[pos], hd[parent] = hd[parent], hd[pos]
+            hi[pos], hi[parent] = hi[parent], hi[pos]
+            pos = parent
+        else:
+            break
+
+
+@njit(cache=True, inline="always")
+def _sift_down(hd, hi, size, sign):
+    """Restore a binary heap after its root was replaced."""
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= size:
+            break
+        best = left
+        if left + 1 < size and sign * hd[left + 1] < sign * hd[left]:
+            best = left + 1
+        if sign * hd[best] < sign * hd[pos]:
+            hd[pos], hd[best] = hd[best], hd[pos]
+            hi[pos], hi[best] = hi[best], hi[pos]
+            pos = best
+        else:
+            break
+
+
+@njit(cache=True, nogil=True)
+def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
+    """Beam search for one query; writes the ``len(out)`` best rows (by score) into ``out``."""
+    inv_c = 1.0 / curv
+    dim = q.shape[0]
+    qn = 0.0
+    for j in range(dim):
+        qn += np.float64(q[j]) * np.float64(q[j])
+    qt = math.sqrt(inv_c + qn)
+    n = levels.shape[0]
+
+    ep = entry
+    d_ep = _score(q, qt, _row_view(bases, offsets_rows, ep, dim), inv_c)
+    for level in range(max_level, 0, -1):  # greedy descent through the upper layers
+        changed = True
+        while changed:
+            changed = False
+            start = node_off[ep] + cum[level]
+            stop = node_off[ep] + cum[level + 1]
+            for s in range(start, stop):
+                nb = neighbors[s]
+                if nb < 0:
+                    break
+                d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
+                if d < d_ep:
+                    ep, d_ep, changed = nb, d, True
+
+    visited = np.zeros(n, dtype=np.bool_)
+    cap = ef + 1
+    cand_d = np.empty(n if n < 64 * cap else 64 * cap, dtype=np.float64)  # min-heap: frontier
+    cand_i = np.empty(cand_d.shape[0], dtype=np.int64)
+    res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
+    res_i = np.empty(cap, dtype=np.int64)
+    nc = 1
+    nr = 1
+    cand_d[0], cand_i[0], res_d[0], res_i[0] = d_ep, ep, d_ep, ep
+    visited[ep] = True
+    while nc > 0:
+        d_c, c = cand_d[0], cand_i[0]
+        nc -= 1
+        cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
+        _sift_down(cand_d, cand_i, nc, 1)
+        if nr >= ef and d_c > res_d[0]:
+            break
+        start = node_off[c] + cum[0]
+        stop = node_off[c] + cum[1]
+        for s in range(start, stop):
+            nb = neighbors[s]
+            if nb < 0:
+                break
+            if visited[nb]:
+                continue
+            visited[nb] = True
+            d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
+            if nr < ef or d < res_d[0]:
+                if nc < cand_d.shape[0]:
+                    cand_d[nc], cand_i[nc] = d, nb
+                    _sift_up(cand_d, cand_i, nc, 1)
+                    nc += 1
+                res_d[nr], res_i[nr] = d, nb
+                _sift_up(res_d, res_i, nr, -1)
+                nr += 1
+                if nr > ef:  # drop the worst
+                    nr -= 1
+                    res_d[0], res_i[0] = res_d[nr], res_i[nr]
+                    _sift_down(res_d, res_i, nr, -1)
+    order = np.argsort(res_d[:nr], kind="mergesort")
+    for j in range(min(out.shape[0], nr)):
+        out[j] = res_i[order[j]]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _search_parallel(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
+    for i in prange(queries.shape[0]):
+        _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef,
+                    out[i])
+
+
+@njit(cache=True, nogil=True)
+def _search_serial(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
+    for i in range(queries.shape[0]):
+        _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef,
+                    out[i])
+
+
+def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int) -> np.ndarray:
+    """Candidate rows ``(m, kc)`` int64 (``-1`` padded) for ``queries: (m, dim)`` float32."""
+    from .rerank import PARALLEL_MIN_QUERIES, _layer_lock, _needs_lock
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    out = np.full((q.shape[0], kc), -1, dtype=np.int64)
+    if q.shape[0] == 0 or graph.levels.shape[0] == 0:
+        return out
+    args = (q, shards.bases, shards.offsets, graph.neighbors, graph.offsets,
+            graph.cum, graph.levels, graph.entry, graph.max_level, float(curv), max(int(ef), kc), out)
+    if q.shape[0] < PARALLEL_MIN_QUERIES:
+        _search_serial(*args)
+    elif _needs_lock():
+        with _layer_lock:
+            _search_parallel(*args)
+    else:
+        _search_parallel(*args)
+    return out
