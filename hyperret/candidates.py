@@ -83,10 +83,18 @@ class CandidateStage:
                     proxy_name=proxy.name)
         if not index.is_trained:
             sample = _sample_rows(spaces, preset.train_rows)
-            index.train(pad(proxy.database(sample, curv, state), d))
+            if stage._lorentz_ivf:
+                _train_lorentz_ivf(index, sample, curv, d)
+            else:
+                index.train(pad(proxy.database(sample, curv, state), d))
             stage.trained_rows = n
         stage._add(spaces, progress)
         return stage
+
+    @property
+    def _lorentz_ivf(self) -> bool:
+        """An IVF over the exact inner-product reduction with hyperbolic Voronoi cells."""
+        return self.preset.navigate == "lorentz" and self.proxy.name == "ip" and self._kind() == "ivf"
 
     def try_extend(self, spaces: Sequence[np.ndarray], progress: Progress | None = None) -> bool:
         """Add rows in place; False (nothing added) when a rebuild is due instead."""
@@ -108,7 +116,11 @@ class CandidateStage:
         for s in spaces:
             for start in range(0, len(s), _ADD_CHUNK):
                 chunk = s[start : start + _ADD_CHUNK]
-                self.index.add(pad(self.proxy.database(chunk, self.curv, self.state), d))
+                xb = pad(self.proxy.database(chunk, self.curv, self.state), d)
+                if self._lorentz_ivf:
+                    _add_lorentz_ivf(self.index, xb, time_col=self.dim)
+                else:
+                    self.index.add(xb)
                 if progress is not None:
                     progress(len(chunk))
 
@@ -173,6 +185,47 @@ class CandidateStage:
                                     f"{str(e).strip().splitlines()[-1]}") from None
         return cls(index=index, preset=preset, factory=factory, state=dict(state), dim=dim,
                    curv=curv, trained_rows=trained_rows, proxy_name=proxy)
+
+
+def _train_lorentz_ivf(index: faiss.Index, sample: np.ndarray, curv: float, d: int) -> None:
+    """Centroids on the hyperboloid (k-means in ambient coordinates, then normalised); codes trained.
+
+    The quantizer holds ``[c_s, c_t]`` of points on the hyperboloid, so a query
+    ``[q_s, -q_t]`` probes the lists in the order of its hyperbolic distance to them.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    dim = sample.shape[1]
+    amb = pad(PROXIES["ip"].database(sample, curv, {}), d)  # shape: (s, d) = [x_s, x_t, 0...]
+    km = faiss.Kmeans(d, ivf.nlist, niter=20, seed=1234, max_points_per_centroid=64)
+    km.train(amb)
+    c = km.centroids.astype(np.float64)
+    space, time = c[:, :dim], c[:, dim]
+    # An ambient mean is timelike inside the hyperboloid; rescale it onto <c, c>_L = -1/curv.
+    lorentz_norm = np.sqrt(np.maximum(time**2 - np.sum(space**2, axis=1), 1e-30))
+    space = space / (np.sqrt(curv) * lorentz_norm)[:, None]
+    centroids = pad(PROXIES["ip"].database(space, curv, {}), d)
+    ivf.quantizer.add(centroids)
+    # Codes of residuals to the (hyperbolically) assigned centroid: the inner product stays
+    # linear, <q, x> = <q, c> + <q, x - c>, and residual ranges are small, the time one too.
+    ivf.by_residual = True
+    assign = _lorentz_assign(ivf, amb, dim)
+    faiss.downcast_index(index).sq.train(amb - centroids[assign])
+    index.is_trained = True
+
+
+def _add_lorentz_ivf(index: faiss.Index, xb: np.ndarray, time_col: int) -> None:
+    """Add ``[x_s, x_t]`` rows ``(n, d)`` to the lists of their hyperbolically nearest centroids."""
+    ivf = faiss.extract_index_ivf(index)
+    assign = _lorentz_assign(ivf, xb, time_col)
+    ivf.add_core(len(xb), faiss.swig_ptr(xb), None, faiss.swig_ptr(assign))
+
+
+def _lorentz_assign(ivf, xb: np.ndarray, time_col: int) -> np.ndarray:
+    """List of each ``[x_s, x_t]`` row: its nearest centroid in hyperbolic distance -> ``(n,)`` int64."""
+    flipped = xb.copy()
+    flipped[:, time_col] *= -1  # [x_s, -x_t] . [c_s, c_t] = <x, c>_L, largest = nearest
+    _, assign = ivf.quantizer.search(flipped, 1)
+    return np.ascontiguousarray(assign[:, 0])
 
 
 def _hnsw(index: faiss.Index):
