@@ -11,7 +11,6 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +77,11 @@ class Preset:
 
 def _search_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get(_ENV_PATH, "").split(os.pathsep) if p]
-    try:
-        dirs.append(Path(str(resources.files("hyperret._indexes"))))
-    except (ModuleNotFoundError, TypeError):
+    try:  # installed: indexes/ ships as the (namespace) package hyperret._indexes
+        import hyperret._indexes as shipped
+
+        dirs.extend(Path(p) for p in shipped.__path__)
+    except ImportError:
         pass
     dirs.append(Path(__file__).resolve().parent.parent / "indexes")  # source checkout
     return dirs
