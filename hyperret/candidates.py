@@ -8,7 +8,7 @@ which are also the FAISS ids: appends add rows at the end). The exact rerank
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,6 +38,8 @@ class CandidateStage:
     curv: float
     trained_rows: int = 0
     proxy_name: str = ""  # the space actually indexed; "" = the preset's
+    _graph: graph.Graph | None = field(default=None, init=False, repr=False)  # views of the HNSW arrays
+    _kind_cache: str | None = field(default=None, init=False, repr=False)
 
     @property
     def proxy(self) -> Proxy:
@@ -128,7 +130,7 @@ class CandidateStage:
     def search(self, queries: np.ndarray, kc: int, shards: ShardSet) -> np.ndarray:
         """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
         if self.navigates_lorentz:
-            g = getattr(self, "_graph", None)
+            g = self._graph
             if g is None:
                 g = self._graph = graph.Graph.of(self.index)
             ef = int(self.preset.search.get("efSearch", 64))
@@ -152,7 +154,7 @@ class CandidateStage:
 
     def _kind(self) -> str:
         """"hnsw", "ivf" or "flat": which search parameters the structure takes (cached)."""
-        kind = getattr(self, "_kind_cache", None)
+        kind = self._kind_cache
         if kind is None:
             if _hnsw(self.index) is not None:
                 kind = "hnsw"

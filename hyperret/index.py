@@ -53,7 +53,8 @@ class Index:
         self.path = path
         self._snap = snapshot
         self._lock = lock
-        self._rw = _RWLock()
+        self._rw = _RWLock()  # searches vs. the snapshot swap (and in-place structure growth)
+        self._mutex = threading.RLock()  # the pending (uncommitted) rows
         self._pending: list[tuple[np.ndarray, np.ndarray, pa.Table | None]] = []
         self._pending_bytes = 0
         self._pending_files: list[FileEntry] = []
@@ -182,7 +183,7 @@ class Index:
         x = validate.vectors(vectors, self.dim)
         n = x.shape[0]
         meta = validate.metadata(metadata, n)
-        with self._rw.write():
+        with self._mutex:
             if meta is not None:
                 self._check_metadata_types(meta)
             if ids is None:
@@ -201,7 +202,7 @@ class Index:
 
     def rollback(self) -> None:
         """Forget every row added since the last commit."""
-        with self._rw.write():
+        with self._mutex:
             self._pending.clear()
             self._pending_ids.clear()
             self._pending_bytes = 0
@@ -259,23 +260,24 @@ class Index:
         committed snapshot readable and whole.
         """
         self._require_writable()
-        with self._rw.write():
+        with self._mutex:
             if not self._pending and not self._pending_files:
                 return self.version
-            old = self._snap
-            try:
-                new_snap = self._commit_locked(old, progress)
-            except BaseException:
-                self._snap = Snapshot.load(self.path, old.manifest, writable=True)  # drop in-memory extension
-                raise
-            self._snap = new_snap
+            self._spill()  # durable but unreferenced: searches go on meanwhile
+            with self._rw.write():
+                old = self._snap
+                try:
+                    new_snap = self._commit_locked(old, progress)
+                except BaseException:
+                    self._snap = Snapshot.load(self.path, old.manifest, writable=True)  # drop in-memory growth
+                    raise
+                self._snap = new_snap
             self._pending_files.clear()
             self._pending_ids.clear()
         self._collect_garbage()
         return self.version
 
     def _commit_locked(self, old: Snapshot, progress: Progress | None) -> Snapshot:
-        self._spill()
         new_shards = [Shard.open(self.path, e, self.dim) for e in self._pending_files]
         fsync_dir(self.path / SHARD_DIR)
         self._step("shards_written")

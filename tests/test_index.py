@@ -262,3 +262,24 @@ def test_info_and_repr(tmp_path, points):
     assert info["producer"]["model"] == "synthetic" and info["producer"]["tool"].startswith("hyperret")
     assert info["total_bytes"] == info["shard_bytes"] + info["candidate_bytes"] > 0
     assert "rows=2000" in repr(w)
+
+
+@pytest.mark.parametrize("preset, rows", [("fast", 11_000), ("compact", 21_000), ("exact", 3_000)])
+def test_appends_extend_the_structure_in_place(tmp_path, preset, rows):
+    """Above min_rows an append extends the graph / IVF lists (no retraining); new rows are found."""
+    pts = make_points(rows + 1500, 16, curv=0.9, n_concepts=40, intrinsic_dim=6, seed=8)
+    w = hyperret.Index.create(tmp_path / preset, dim=16, curv=0.9, preset=preset)
+    w.add(pts.space[:rows])
+    w.commit()
+    before = w.manifest.candidates
+    w.add(pts.space[rows:])
+    w.commit()
+    after = w.manifest.candidates
+    assert after.factory == before.factory and after.trained_rows == before.trained_rows
+    assert after.rows == rows + 1500 and after.file != before.file
+    w.close()
+    ix = hyperret.Index.open(tmp_path / preset)
+    new = np.arange(rows, rows + 1500, 50)
+    found = ix.search(pts.space[new], k=1).ids[:, 0]
+    assert np.mean(found == new) >= 0.95
+    assert ix.search(pts.space[:5], k=1).ids[:, 0].tolist() == [0, 1, 2, 3, 4]

@@ -231,6 +231,32 @@ def run_worker(args, kind: str, name: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def render(results: dict[str, dict], args) -> str:
+    """The markdown table of a run."""
+    raw = args.n * args.dim * 4
+
+    def f(v, fmt: str) -> str:
+        return fmt % v if v is not None else "-"
+
+    lines = [
+        f"{args.n:,} points, dim {args.dim}, {args.queries} queries, k={args.k}, {os.cpu_count()} cores",
+        "",
+        "| method | structure | recall@k | recall text / image queries | q/s (batch) | q/s (single) | build s | "
+        "disk MB | candidates / raw | peak RSS build / serve MB | cold CLI search s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        cand = r.get("candidate_bytes")
+        lines.append(
+            f"| {name} | {r.get('structure', '-')} | {r['recall']:.4f} | "
+            f"{f(r.get('recall_text_queries'), '%.4f')} / {f(r.get('recall_image_queries'), '%.4f')} | "
+            f"{r['qps_batch']:.0f} | {r['qps_single']:.0f} | {f(r.get('build_s'), '%.1f')} | "
+            f"{r.get('disk_bytes', 0) / 2**20:.0f} | {f(100 * cand / raw if cand else None, '%.1f%%')} | "
+            f"{f(r.get('build_peak_rss_mb'), '%.0f')} / {r['serve_peak_rss_mb']:.0f} | "
+            f"{f(r.get('cold_search_s_median'), '%.2f')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -246,10 +272,15 @@ def main() -> None:
     ap.add_argument("--data", default="bench-data")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
+    ap.add_argument("--report", default=None, help="print the table of a saved --json run and exit")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-kind", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        print(render(saved["results"], argparse.Namespace(**saved["args"])))
+        return
     if args.worker:
         fn = {"build": worker_build, "search": worker_search, "faiss": worker_faiss, "torch": worker_torch}
         print(json.dumps(fn[args.worker_kind](args)))
@@ -270,18 +301,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(r["index"], ignore_errors=True)
 
-    raw = args.n * args.dim * 4
-    print(f"\n{args.n:,} points, dim {args.dim}, {args.queries} queries, k={args.k}, {os.cpu_count()} cores\n")
-    print("| method | structure | recall@k | q/s (batch) | q/s (single) | build s | disk MB | candidates / raw | "
-          "peak RSS build / serve MB | cold CLI search s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        cand = r.get("candidate_bytes")
-        print(f"| {name} | {r.get('structure', '-')} | {r['recall']:.4f} | {r['qps_batch']:.0f} | "
-              f"{r['qps_single']:.0f} | {r.get('build_s', float('nan')):.1f} | "
-              f"{r.get('disk_bytes', 0) / 2**20:.0f} | {'%.1f%%' % (100 * cand / raw) if cand else '-'} | "
-              f"{r.get('build_peak_rss_mb', float('nan')):.0f} / {r['serve_peak_rss_mb']:.0f} | "
-              f"{r.get('cold_search_s_median', float('nan')):.2f} |")
+    print(render(results, args))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 
