@@ -20,6 +20,7 @@ from .errors import IndexCorruptError
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
 from .rerank import ShardSet
+from .storage.arrays import read_arrays, write_arrays
 
 Progress = Callable[[int], None]  # called with the number of rows just added
 _ADD_CHUNK = 20_000
@@ -28,9 +29,13 @@ _IO_FLAGS = faiss.IO_FLAG_MMAP_IFC if hasattr(faiss, "IO_FLAG_MMAP_IFC") else 0
 
 @dataclass
 class CandidateStage:
-    """A FAISS index over the proxy of every row of a snapshot."""
+    """A FAISS index over the proxy of every row of a snapshot.
 
-    index: faiss.Index
+    A reader of a graph walked in Lorentz order holds no FAISS index (``index`` is
+    None), only the graph's memory-mapped arrays: the walk reads the shards.
+    """
+
+    index: faiss.Index | None
     preset: Preset
     factory: str  # what was actually built (a small index gets "Flat")
     state: State
@@ -47,7 +52,7 @@ class CandidateStage:
 
     @property
     def rows(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) if self.index is not None else int(self._graph.levels.shape[0])
 
     @property
     def navigates_lorentz(self) -> bool:
@@ -130,11 +135,8 @@ class CandidateStage:
     def search(self, queries: np.ndarray, kc: int, shards: ShardSet) -> np.ndarray:
         """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
         if self.navigates_lorentz:
-            g = self._graph
-            if g is None:
-                g = self._graph = graph.Graph.of(self.index)
             ef = int(self.preset.search.get("efSearch", 64))
-            return graph.search(g, queries, shards, self.curv, kc, ef)
+            return graph.search(self._current_graph(), queries, shards, self.curv, kc, ef)
         xq = pad(self.proxy.query(queries, self.curv, self.state), self.index.d)
         params = self._search_params(kc)
         if params is None:
@@ -152,11 +154,16 @@ class CandidateStage:
             return faiss.SearchParametersIVF(nprobe=int(self.preset.search.get("nprobe", 16)))
         return None
 
+    def _current_graph(self) -> graph.Graph:
+        if self._graph is None:
+            self._graph = graph.Graph.of(self.index)
+        return self._graph
+
     def _kind(self) -> str:
         """"hnsw", "ivf" or "flat": which search parameters the structure takes (cached)."""
         kind = self._kind_cache
         if kind is None:
-            if _hnsw(self.index) is not None:
+            if self.index is None or _hnsw(self.index) is not None:
                 kind = "hnsw"
             else:
                 try:
@@ -169,24 +176,58 @@ class CandidateStage:
 
     # ------------------------------------------------------------------- io
     def save(self, path: Path) -> None:
-        faiss.write_index(self.index, str(path))
+        """Write the structure: FAISS's format, or for a Lorentz-walked graph its arrays alone.
+
+        The walk reads the shards, so the graph's proxy vectors (as large as the
+        shards) are not saved; a writer recomputes them from the shards on load.
+        """
+        if self.navigates_lorentz:
+            arrays, meta = self._current_graph().arrays()
+            write_arrays(path, arrays, meta)
+        else:
+            faiss.write_index(self.index, str(path))
 
     @classmethod
     def load(cls, path: Path, preset: Preset, factory: str, proxy: str, state: State, dim: int, curv: float,
-             trained_rows: int, *, writable: bool = False) -> "CandidateStage":
-        """Read a saved structure; a read-only graph walked in Lorentz order skips the proxy vectors."""
-        flags = _IO_FLAGS if factory == "Flat" and not writable else 0  # a mapped index cannot grow
-        if not writable and preset.navigate == "lorentz" and factory.startswith("HNSW"):
-            flags |= faiss.IO_FLAG_SKIP_STORAGE
+             trained_rows: int, *, spaces: Sequence[np.ndarray] = (), writable: bool = False) -> "CandidateStage":
+        """Read a saved structure (``spaces``: the snapshot's rows, for a writer of a graph)."""
         if not path.exists():
             raise FileNotFoundError(2, "candidate structure missing", str(path))
+        stage = cls(index=None, preset=preset, factory=factory, state=dict(state), dim=dim, curv=curv,
+                    trained_rows=trained_rows, proxy_name=proxy)
+        if preset.navigate == "lorentz" and factory.startswith("HNSW"):
+            arrays, meta = read_arrays(path)
+            stage._graph = graph.Graph.from_arrays(arrays, meta)
+            if writable:
+                stage._rebuild_index(spaces)
+            return stage
+        flags = _IO_FLAGS if factory == "Flat" and not writable else 0  # a mapped index cannot grow
         try:
-            index = faiss.read_index(str(path), flags)
+            stage.index = faiss.read_index(str(path), flags)
         except RuntimeError as e:
             raise IndexCorruptError(f"candidate structure {path.name} is unreadable: "
                                     f"{str(e).strip().splitlines()[-1]}") from None
-        return cls(index=index, preset=preset, factory=factory, state=dict(state), dim=dim,
-                   curv=curv, trained_rows=trained_rows, proxy_name=proxy)
+        return stage
+
+    def _rebuild_index(self, spaces: Sequence[np.ndarray]) -> None:
+        """A growable FAISS HNSW from the saved graph and proxy vectors recomputed from ``spaces``."""
+        d = padded_dim(self.dim, self.proxy, self.preset.pad_to)
+        metric = faiss.METRIC_INNER_PRODUCT if self.proxy.metric == "ip" else faiss.METRIC_L2
+        index = faiss.index_factory(d, self.factory, metric)
+        if "efConstruction" in self.preset.build:
+            _hnsw(index).efConstruction = int(self.preset.build["efConstruction"])
+        try:
+            self._graph.into(index)
+        except ValueError as e:
+            raise IndexCorruptError(f"saved graph does not fit {self.factory}: {e}") from None
+        storage = faiss.downcast_index(faiss.downcast_index(index).storage)
+        for s in spaces:
+            for start in range(0, len(s), _ADD_CHUNK):
+                storage.add(pad(self.proxy.database(s[start : start + _ADD_CHUNK], self.curv, self.state), d))
+        if storage.ntotal != self._graph.levels.shape[0]:
+            raise IndexCorruptError(f"graph has {self._graph.levels.shape[0]} nodes, the shards {storage.ntotal} rows")
+        index.ntotal = storage.ntotal
+        self.index, self._graph = index, None  # the graph now lives in the index
 
 
 def _train_lorentz_ivf(index: faiss.Index, sample: np.ndarray, curv: float, d: int) -> None:

@@ -37,6 +37,27 @@ class Graph:
     owner: object  # the FAISS index that holds the arrays
 
     @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "Graph":
+        """A graph saved by :meth:`arrays` (memory-mapped views stay valid while it lives)."""
+        return cls(arrays["neighbors"], arrays["offsets"].view(np.int64), arrays["cum"], arrays["levels"],
+                   int(meta["entry"]), int(meta["max_level"]), arrays)
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The graph as named arrays and meta, for ``hyperret.storage.arrays``."""
+        return ({"neighbors": self.neighbors, "offsets": self.offsets.view(np.uint64), "cum": self.cum,
+                 "levels": self.levels}, {"entry": self.entry, "max_level": self.max_level})
+
+    def into(self, index: faiss.Index) -> None:
+        """Install this graph into an empty FAISS HNSW index of the same M."""
+        h = faiss.downcast_index(index).hnsw
+        if not np.array_equal(faiss.vector_to_array(h.cum_nneighbor_per_level), self.cum):
+            raise ValueError("graph and index differ in their neighbours per level")
+        faiss.copy_array_to_vector(np.ascontiguousarray(self.neighbors), h.neighbors)
+        faiss.copy_array_to_vector(np.ascontiguousarray(self.offsets).view(np.uint64), h.offsets)
+        faiss.copy_array_to_vector(np.ascontiguousarray(self.levels), h.levels)
+        h.entry_point, h.max_level = self.entry, self.max_level
+
+    @classmethod
     def of(cls, index: faiss.Index) -> "Graph":
         h = faiss.downcast_index(index).hnsw
 

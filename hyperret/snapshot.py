@@ -51,7 +51,8 @@ class Snapshot:
         if c is not None:
             stage = CandidateStage.load(
                 path / c.file, Preset.from_dict(manifest.preset), c.factory, c.proxy, c.proxy_state,
-                manifest.dim, manifest.curv, c.trained_rows, writable=writable,
+                manifest.dim, manifest.curv, c.trained_rows, spaces=[s.space for s in shards],
+                writable=writable,
             )
             if stage.rows != manifest.rows:
                 raise IndexCorruptError(

@@ -272,6 +272,8 @@ def test_appends_extend_the_structure_in_place(tmp_path, preset, rows):
     w.add(pts.space[:rows])
     w.commit()
     before = w.manifest.candidates
+    w.close()
+    w = hyperret.Index.open(tmp_path / preset, writable=True)  # a fresh writer grows the saved structure
     w.add(pts.space[rows:])
     w.commit()
     after = w.manifest.candidates

@@ -147,7 +147,11 @@ def worker_search(args) -> dict:
     for mod in ("text", "image"):
         sel = labels.modality == mod
         by_mod[mod] = recall(res.ids[sel], gt[sel])
+    out = {}
+    if args.worker == "exact":
+        out.update(paired_with_faiss(args, ix, q))
     return {
+        **out,
         "recall": recall(res.ids, gt),
         "recall_text_queries": by_mod["text"], "recall_image_queries": by_mod["image"],
         "max_abs_distance_error": float(np.nanmax(np.abs(res.distances.astype(np.float64)
@@ -156,6 +160,29 @@ def worker_search(args) -> dict:
         "qps_single": timed_single(lambda b: ix.search(b, k=args.k), q, args.single),
         "serve_peak_rss_mb": peak_rss_mb(),
     }
+
+
+def paired_with_faiss(args, ix, q: np.ndarray, rounds: int = 5) -> dict:
+    """Alternate batch timings of ``ix`` and bare FAISS flat IP in one process: medians and their ratio.
+
+    Separate processes drift by +-10% on this machine; alternating rounds cancels that.
+    """
+    import faiss
+
+    from hyperret.proxies import PROXIES
+
+    x = np.load(data_paths(args)["x"], mmap_mode="r")
+    pr = PROXIES["ip"]
+    bare = faiss.IndexFlatIP(args.dim + 1)
+    for s in range(0, args.n, PART):
+        bare.add(pr.database(np.asarray(x[s : s + PART]), CURV, {}))
+    xq = pr.query(q, CURV, {})
+    ours, theirs = [], []
+    for _ in range(rounds):
+        ours.append(timed_batch(lambda b: ix.search(b, k=args.k), q, repeat=1))
+        theirs.append(timed_batch(lambda b: bare.search(b, args.k), xq, repeat=1))
+    return {"paired_qps_batch": float(np.median(ours)), "paired_faiss_qps_batch": float(np.median(theirs)),
+            "paired_ratio": float(np.median(ours) / np.median(theirs))}
 
 
 def worker_faiss(args) -> dict:
@@ -254,6 +281,11 @@ def render(results: dict[str, dict], args) -> str:
             f"{r.get('disk_bytes', 0) / 2**20:.0f} | {f(100 * cand / raw if cand else None, '%.1f%%')} | "
             f"{f(r.get('build_peak_rss_mb'), '%.0f')} / {r['serve_peak_rss_mb']:.0f} | "
             f"{f(r.get('cold_search_s_median'), '%.2f')} |")
+    for name, r in results.items():
+        if "paired_ratio" in r:
+            lines.append(f"\n{name}: {r['paired_qps_batch']:.0f} q/s against bare FAISS flat "
+                         f"{r['paired_faiss_qps_batch']:.0f} q/s in alternating batch rounds of one process "
+                         f"(medians of 5): ratio {r['paired_ratio']:.3f}")
     return "\n".join(lines)
 
 
@@ -272,6 +304,7 @@ def main() -> None:
     ap.add_argument("--data", default="bench-data")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
+    ap.add_argument("--reuse", action="store_true", help="search indexes kept by --keep instead of building")
     ap.add_argument("--report", default=None, help="print the table of a saved --json run and exit")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-kind", default=None, help=argparse.SUPPRESS)
@@ -292,7 +325,8 @@ def main() -> None:
         results[f"baseline:{b}"] = run_worker(args, b, b)
         print(f"# {b}: {results[f'baseline:{b}']}", file=sys.stderr)
     for preset in filter(None, args.presets.split(",")):
-        r = run_worker(args, "build", preset)
+        kept = Path(args.data) / f"index-{preset}-{args.n}"
+        r = {"index": str(kept)} if args.reuse and kept.exists() else run_worker(args, "build", preset)
         r.update(run_worker(args, "search", preset))
         if not args.no_cold:
             r.update(cold_start(args, preset))
