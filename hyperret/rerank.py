@@ -63,8 +63,9 @@ def _distance_row(x, uq, rq, tq, q, inv_c, curv):
     m = drho * drho * (ex + eq) * (t + p) / (t * t)
     if rx > 0.0 and rq > 0.0:
         s = 0.0
+        inv_rx = 1.0 / rx  # a multiply per element instead of a divide
         for j in range(d):
-            du = np.float64(x[j]) / rx - uq[j]
+            du = np.float64(x[j]) * inv_rx - uq[j]
             s += du * du
         m += rx * rq * s
     return (2.0 / math.sqrt(curv)) * math.asinh(math.sqrt(curv * m) / 2.0)
