@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from .rerank import ShardSet, _row_view
 
-_FM = {"reassoc", "contract", "nsz"}
+_FM = {"reassoc", "contract", "nsz"}  # navigation order only: the rerank decides exactly
 
 
 @dataclass(frozen=True)

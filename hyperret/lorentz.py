@@ -129,8 +129,10 @@ def _minkowski_gap(x: np.ndarray, y: np.ndarray, curv: float) -> np.ndarray:
 
         m = (rho_x - rho_y)^2 (e_x + e_y)(T + P) / T^2 + rho_x rho_y |u - w|^2,
 
-    ``T = x_t + y_t``, ``P = rho_x + rho_y``, ``rho_x - rho_y = sum((x-y)(x+y)) / P``.
-    Every term is non-negative, so nothing cancels, however far from the origin.
+    ``T = x_t + y_t``, ``P = rho_x + rho_y``, ``rho_x - rho_y = sum((x-y)(x+y)) / P``, and
+    ``u - w = (x - y) / max(rho) - z (rho_x^2 - rho_y^2) / (rho_x rho_y P)`` with ``z`` the
+    point of the smaller norm. Every term is non-negative and nothing cancels, however far
+    from the origin; ``d(x, y) = d(y, x)`` and ``d(x, x) = 0`` exactly.
     """
     inv_c = 1.0 / curv
     rx = np.sqrt(np.sum(x * x, axis=-1))
@@ -144,10 +146,14 @@ def _minkowski_gap(x: np.ndarray, y: np.ndarray, curv: float) -> np.ndarray:
     ex = inv_c / (tx + rx)
     ey = inv_c / (ty + ry)
     radial = drho * drho * (ex + ey) * (t + p) / (t * t)
-    # Unit directions; a point at the origin contributes no angular term (rho factor 0).
-    ux = np.divide(x, rx[..., None], out=np.zeros_like(x), where=rx[..., None] > 0)
-    uy = np.divide(y, ry[..., None], out=np.zeros_like(y), where=ry[..., None] > 0)
-    du = ux - uy
+    # Direction difference u - w = (x - y) / r_max - z (rx^2 - ry^2) / (rx ry (rx + ry)), z the
+    # point of the smaller norm: exactly 0 for x == y, symmetric, no cancellation at any ratio
+    # of the norms. A point at the origin has no angular term.
+    ok = (rx > 0) & (ry > 0)
+    x_big = (rx >= ry)[..., None]
+    inv = np.divide(1.0, np.maximum(rx, ry), out=np.zeros_like(rx), where=ok)
+    corr = np.divide(num, rx * ry * p, out=np.zeros_like(num), where=ok)
+    du = (x - y) * inv[..., None] - np.where(x_big, y, x) * corr[..., None]
     angular = rx * ry * np.sum(du * du, axis=-1)
     return radial + angular
 

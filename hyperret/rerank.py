@@ -43,15 +43,30 @@ def _row_view(bases, offsets, g, dim):
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
-def _distance_row(x, uq, rq, tq, q, inv_c, curv):
-    """Stable geodesic distance between row ``x: (D,)`` float32 and a prepared query."""
+def _sqnorm(v):
+    """``|v|^2`` of a float32 vector ``(D,)`` in float64."""
+    s = 0.0
+    for j in range(v.shape[0]):
+        vj = np.float64(v[j])
+        s += vj * vj
+    return s
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _distance_row(x, q, rq, tq, inv_c, curv):
+    """Stable geodesic distance between row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``).
+
+    The formula of :func:`hyperret.lorentz.distance`: non-negative radial and angular
+    terms. The direction difference ``x / rx - q / rq`` is computed as
+    ``(x - q) / r_max - z (rx^2 - rq^2) / (rx rq (rx + rq))`` with ``z`` the point of the
+    smaller norm: exactly 0 for ``x == q``, symmetric, and free of cancellation.
+    """
     d = x.shape[0]
-    rx2 = 0.0
-    num = 0.0
+    rx2 = _sqnorm(x)
+    num = 0.0  # rx^2 - rq^2, summed per component
     for j in range(d):
         xj = np.float64(x[j])
         qj = np.float64(q[j])
-        rx2 += xj * xj
         num += (xj - qj) * (xj + qj)
     rx = math.sqrt(rx2)
     tx = math.sqrt(inv_c + rx2)
@@ -62,29 +77,29 @@ def _distance_row(x, uq, rq, tq, q, inv_c, curv):
     eq = inv_c / (tq + rq)
     m = drho * drho * (ex + eq) * (t + p) / (t * t)
     if rx > 0.0 and rq > 0.0:
+        corr = num / (rx * rq * p)
         s = 0.0
-        inv_rx = 1.0 / rx  # a multiply per element instead of a divide
-        for j in range(d):
-            du = np.float64(x[j]) * inv_rx - uq[j]
-            s += du * du
+        if rx >= rq:  # divide by the larger norm, correct with the smaller point: no cancellation
+            inv = 1.0 / rx
+            for j in range(d):
+                qj = np.float64(q[j])
+                du = (np.float64(x[j]) - qj) * inv - qj * corr
+                s += du * du
+        else:
+            inv = 1.0 / rq
+            for j in range(d):
+                xj = np.float64(x[j])
+                du = (xj - np.float64(q[j])) * inv - xj * corr
+                s += du * du
         m += rx * rq * s
     return (2.0 / math.sqrt(curv)) * math.asinh(math.sqrt(curv * m) / 2.0)
 
 
 @njit(cache=True, fastmath=_FM)
 def _prepare_query(q, inv_c):
-    """Float64 norm, time component and unit direction of one query ``q: (D,)``."""
-    rq2 = 0.0
-    for j in range(q.shape[0]):
-        qj = np.float64(q[j])
-        rq2 += qj * qj
-    rq = math.sqrt(rq2)
-    tq = math.sqrt(inv_c + rq2)
-    uq = np.zeros(q.shape[0], dtype=np.float64)
-    if rq > 0.0:
-        for j in range(q.shape[0]):
-            uq[j] = np.float64(q[j]) / rq
-    return uq, rq, tq
+    """Float64 norm and time component of one query ``q: (D,)``."""
+    rq2 = _sqnorm(q)
+    return math.sqrt(rq2), math.sqrt(inv_c + rq2)
 
 
 @njit(cache=True, nogil=True)
@@ -95,7 +110,7 @@ def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
     dim = q.shape[0]
     inv_c = 1.0 / curv
     total = offsets[offsets.shape[0] - 1]
-    uq, rq, tq = _prepare_query(q, inv_c)
+    rq, tq = _prepare_query(q, inv_c)
     rows = np.sort(cand_row)  # row order: better locality, deterministic ties
     dist = np.full(kc, np.inf, dtype=np.float64)
     valid = np.zeros(kc, dtype=np.bool_)
@@ -104,7 +119,7 @@ def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
         if g < 0 or g >= total or (j > 0 and rows[j - 1] == g):
             continue
         x = _row_view(bases, offsets, g, dim)
-        dist[j] = _distance_row(x, uq, rq, tq, q, inv_c, curv)
+        dist[j] = _distance_row(x, q, rq, tq, inv_c, curv)
         valid[j] = True
     order = np.argsort(dist, kind="mergesort")  # stable: equal distances keep row order
     c = 0

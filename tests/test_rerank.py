@@ -67,3 +67,10 @@ def test_empty_batch_and_dimension_check():
     assert rows.shape == (0, 3) and dist.shape == (0, 3)
     with pytest.raises(ValueError):
         rerank(np.zeros((1, 5), np.float32), np.zeros((1, 2), np.int64), s, 1.0, 1)
+
+
+def test_distance_to_itself_is_exactly_zero():
+    rng = np.random.default_rng(11)
+    data = lorentz.exp_map0(rng.standard_normal((50, 32)) * 2, 1.0).astype(np.float32)
+    rows, dist = rerank(data[:7], np.tile(np.arange(50), (7, 1)), ShardSet([data], 32), 1.0, 1)
+    assert rows[:, 0].tolist() == list(range(7)) and (dist[:, 0] == 0).all()
