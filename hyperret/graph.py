@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 from numba import njit, prange
 
+from . import parallel
 from .rerank import ShardSet, _row_view
 
 _FM = {"reassoc", "contract", "nsz"}  # navigation order only: the rerank decides exactly
@@ -200,19 +201,11 @@ def _search_serial(queries, bases, offsets_rows, neighbors, node_off, cum, level
 
 def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int) -> np.ndarray:
     """Candidate rows ``(m, kc)`` int64 (``-1`` padded) for ``queries: (m, dim)`` float32."""
-    from .rerank import PARALLEL_MIN_QUERIES, _layer_lock, _needs_lock
-
     q = np.ascontiguousarray(queries, dtype=np.float32)
     out = np.full((q.shape[0], kc), -1, dtype=np.int64)
     if q.shape[0] == 0 or graph.levels.shape[0] == 0:
         return out
-    args = (q, shards.bases, shards.offsets, graph.neighbors, graph.offsets,
-            graph.cum, graph.levels, graph.entry, graph.max_level, float(curv), max(int(ef), kc), out)
-    if q.shape[0] < PARALLEL_MIN_QUERIES:
-        _search_serial(*args)
-    elif _needs_lock():
-        with _layer_lock:
-            _search_parallel(*args)
-    else:
-        _search_parallel(*args)
+    parallel.run(_search_serial, _search_parallel, q.shape[0],
+                 q, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum, graph.levels,
+                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), out)
     return out

@@ -65,19 +65,11 @@ def inner(x: np.ndarray, y: np.ndarray, curv: float) -> np.ndarray:
     return np.sum(x * y, axis=-1) - time_component(x, curv) * time_component(y, curv)
 
 
-def _sinh_over(z: np.ndarray) -> np.ndarray:
-    """``sinh(z) / z`` with its limit 1 at ``z = 0`` (float64)."""
+def _over(f, z: np.ndarray) -> np.ndarray:
+    """``f(z) / z`` for ``f`` = sinh or asinh, with its limit 1 at ``z = 0`` (float64, ``z >= 0``)."""
     out = np.ones_like(z)
-    nz = z > 1e-8  # below this, sinh(z)/z == 1 to float64 precision
-    out[nz] = np.sinh(z[nz]) / z[nz]
-    return out
-
-
-def _asinh_over(z: np.ndarray) -> np.ndarray:
-    """``asinh(z) / z`` with its limit 1 at ``z = 0`` (float64)."""
-    out = np.ones_like(z)
-    nz = z > 1e-8  # below this, asinh(z)/z == 1 to float64 precision
-    out[nz] = np.arcsinh(z[nz]) / z[nz]
+    nz = z > 1e-8  # below this, f(z)/z == 1 to float64 precision
+    out[nz] = f(z[nz]) / z[nz]
     return out
 
 
@@ -86,7 +78,7 @@ def exp_map0(v: np.ndarray, curv: float) -> np.ndarray:
     curv = _check_curv(curv)
     v64 = _f64(v)
     z = np.sqrt(curv) * np.linalg.norm(v64, axis=-1, keepdims=True)
-    out = _sinh_over(z) * v64
+    out = _over(np.sinh, z) * v64
     return out.astype(_float_dtype(v), copy=False)
 
 
@@ -95,7 +87,7 @@ def log_map0(x: np.ndarray, curv: float) -> np.ndarray:
     curv = _check_curv(curv)
     x64 = _f64(x)
     z = np.sqrt(curv) * np.linalg.norm(x64, axis=-1, keepdims=True)
-    out = _asinh_over(z) * x64
+    out = _over(np.arcsinh, z) * x64
     return out.astype(_float_dtype(x), copy=False)
 
 

@@ -11,13 +11,14 @@ distance, ties broken by the lower row.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Sequence
 
 import numba
 import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from . import parallel
 
 # Reassociation lets LLVM vectorise the float64 sums; results stay deterministic
 # for a given build and agree with the NumPy reference to ~1e-15 relative.
@@ -146,8 +147,6 @@ def _rerank_serial(queries, cand, offsets, bases, curv, out_rows, out_dist):
         _rerank_one(queries[i], cand[i], offsets, bases, curv, out_rows[i], out_dist[i])
 
 
-#: Below this many queries a batch runs on the calling thread (no thread-pool start-up).
-PARALLEL_MIN_QUERIES = 4
 
 
 class ShardSet:
@@ -178,10 +177,6 @@ class ShardSet:
         return self.arrays[s][g - self.offsets[s]]
 
 
-# Numba's workqueue layer must not run two parallel kernels at once; tbb and omp can.
-_layer_lock = threading.Lock()
-
-
 def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: float, k: int):
     """Exact top ``k`` among ``candidates: (m, kc)`` rows for ``queries: (m, D)`` float32.
 
@@ -196,19 +191,6 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
         raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {shards.dim}")
     out_rows = np.full((q.shape[0], k), -1, dtype=np.int64)
     out_dist = np.full((q.shape[0], k), np.inf, dtype=np.float64)
-    args = (q, c, shards.offsets, shards.bases, float(curv), out_rows, out_dist)
-    if q.shape[0] < PARALLEL_MIN_QUERIES:
-        _rerank_serial(*args)
-    elif _needs_lock():
-        with _layer_lock:
-            _rerank_parallel(*args)
-    else:
-        _rerank_parallel(*args)
+    parallel.run(_rerank_serial, _rerank_parallel, q.shape[0],
+                 q, c, shards.offsets, shards.bases, float(curv), out_rows, out_dist)
     return out_rows, out_dist
-
-
-def _needs_lock() -> bool:
-    try:
-        return numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet: be safe for the first call
-        return True

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hyperret import lorentz
-from hyperret.rerank import PARALLEL_MIN_QUERIES, ShardSet, rerank
+from hyperret.parallel import PARALLEL_MIN_QUERIES
+from hyperret.rerank import ShardSet, rerank
 
 
 def reference_rerank(q, cand, data, curv, k):
