@@ -175,6 +175,11 @@ class CandidateStage:
         return kind
 
     # ------------------------------------------------------------------- io
+    @property
+    def file_suffix(self) -> str:
+        """``.graph`` for a Lorentz-walked graph (hyperret's array file), else ``.faiss``."""
+        return ".graph" if self.navigates_lorentz else ".faiss"
+
     def save(self, path: Path) -> None:
         """Write the structure: FAISS's format, or for a Lorentz-walked graph its arrays alone.
 

@@ -306,7 +306,7 @@ class Index:
         return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage)
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
-        rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}.faiss"
+        rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
         path = self.path / rel
         path.parent.mkdir(exist_ok=True)
         stage.save(path)
