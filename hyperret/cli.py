@@ -56,7 +56,7 @@ def _errors(fn: F) -> F:
                 raise
             typer.echo(f"hyperret: internal error: {type(e).__name__}: {e} (set HYPERRET_DEBUG=1 for a trace)",
                        err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -159,7 +159,9 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
         ix.close()
         ix = None
         if not append:
-            os.rename(target, out) if not out.exists() else (os.rmdir(out), os.rename(target, out))
+            if out.exists():
+                out.rmdir()  # an empty directory the user made: checked above
+            os.rename(target, out)
             info["path"] = str(out)
         return info
     except BaseException:

@@ -127,7 +127,8 @@ class Index:
 
     def close(self) -> None:
         """Drop uncommitted rows and release the write lock (if held)."""
-        self.rollback() if self.writable else None
+        if self.writable:
+            self.rollback()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
