@@ -31,7 +31,7 @@ from .result import SearchResult
 from .snapshot import Snapshot
 from .storage.fsutil import WriterLock, fsync_dir, fsync_file, sha256_file
 from .storage.manifest import MANIFEST_NAME, CandidateEntry, FileEntry, Manifest, new_manifest, write_manifest
-from .storage.shards import SHARD_DIR, Shard, build_table, write_shard
+from .storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 
 CANDIDATE_DIR = "faiss"
 #: Pending rows are written to a (not yet committed) shard once they reach this size.
@@ -268,11 +268,16 @@ class Index:
             with self._rw.write():
                 old = self._snap
                 try:
-                    new_snap = self._commit_locked(old, progress)
+                    self._snap = self._commit_locked(old, progress)
                 except BaseException:
-                    self._snap = Snapshot.load(self.path, old.manifest, writable=True)  # drop in-memory growth
+                    # Resync with the disk: drop in-memory growth, and if the manifest swap
+                    # did happen, the pending rows are committed and must not be added again.
+                    self._snap = Snapshot.open(self.path, writable=True)
+                    if self._snap.manifest.version == old.manifest.version:
+                        raise
+                    self._pending_files.clear()
+                    self._pending_ids.clear()
                     raise
-                self._snap = new_snap
             self._pending_files.clear()
             self._pending_ids.clear()
         self._collect_garbage()
@@ -296,7 +301,7 @@ class Index:
         meta_cols = dict(old.manifest.metadata_columns)
         for s in new_shards:
             for f in s.table.schema:
-                if f.name not in meta_cols and f.name not in ("id", "space", "time", "radius"):
+                if f.name not in meta_cols and f.name not in CORE_COLUMNS:
                     meta_cols[f.name] = str(f.type)
         manifest = old.manifest.committed(
             shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,

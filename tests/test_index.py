@@ -285,3 +285,24 @@ def test_appends_extend_the_structure_in_place(tmp_path, preset, rows):
     found = ix.search(pts.space[new], k=1).ids[:, 0]
     assert np.mean(found == new) >= 0.95
     assert ix.search(pts.space[:5], k=1).ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("step", ["candidates_written", "committed"])
+def test_failed_commit_leaves_the_handle_in_step_with_the_disk(tmp_path, points, step):
+    w = _build(tmp_path / "ix", points)
+
+    def boom(name):
+        if name == step:
+            raise RuntimeError("injected")
+
+    w.on_commit_step = boom
+    w.add(points.space[:3], ids=[10_001, 10_002, 10_003])
+    with pytest.raises(RuntimeError):
+        w.commit()
+    w.on_commit_step = None
+    committed = step == "committed"
+    assert w.version == (2 if committed else 1) and len(w) == (2003 if committed else 2000)
+    assert w.pending == (0 if committed else 3)
+    w.commit()  # retries what was not committed; adds nothing twice
+    assert len(w) == 2003 and len(np.unique(w.ids())) == 2003
+    assert len(hyperret.Index.open(tmp_path / "ix")) == 2003
