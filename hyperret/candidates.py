@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -76,16 +76,12 @@ class CandidateStage:
     ) -> "CandidateStage":
         """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``)."""
         n = sum(len(s) for s in spaces)
-        factory = _factory_for(preset, n, padded_dim(dim, PROXIES[preset.proxy], preset.pad_to))
+        factory = _factory_for(preset, n, _preset_dim(preset, dim))
         # Below min_rows the fallback is a flat scan: of the exact reduction, so it is exact.
         proxy = PROXIES["ip" if factory == "Flat" and preset.factory != "Flat" else preset.proxy]
         state = _merged_state(proxy, spaces, curv)
         d = padded_dim(dim, proxy, preset.pad_to)
-        metric = faiss.METRIC_INNER_PRODUCT if proxy.metric == "ip" else faiss.METRIC_L2
-        index = faiss.index_factory(d, factory, metric)
-        hnsw = _hnsw(index)
-        if hnsw is not None and "efConstruction" in preset.build:
-            hnsw.efConstruction = int(preset.build["efConstruction"])
+        index = _new_index(preset, proxy, d, factory)
         stage = cls(index=index, preset=preset, factory=factory, state=state, dim=dim, curv=curv,
                     proxy_name=proxy.name)
         if not index.is_trained:
@@ -111,25 +107,26 @@ class CandidateStage:
             return False  # e.g. the MIPS reduction's M no longer bounds every norm
         if self.trained_rows and total > self.preset.rebuild_growth * self.trained_rows:
             return False  # the trained quantiser no longer represents the data
-        if self.factory != _factory_for(self.preset, total, padded_dim(self.dim, PROXIES[self.preset.proxy],
-                                                                       self.preset.pad_to)):
+        if self.factory != _factory_for(self.preset, total, _preset_dim(self.preset, self.dim)):
             return False  # grew past min_rows, or nlist is due to change
         self._add(spaces, progress)
         return True
 
     def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
         self._graph = None  # the graph's arrays may move when it grows
-        d = self.index.d
+        for xb in self._proxy_chunks(spaces, self.index.d):
+            if self._lorentz_ivf:
+                _add_lorentz_ivf(self.index, xb, time_col=self.dim)
+            else:
+                self.index.add(xb)
+            if progress is not None:
+                progress(len(xb))
+
+    def _proxy_chunks(self, spaces: Sequence[np.ndarray], d: int) -> Iterator[np.ndarray]:
+        """The rows of ``spaces`` as padded proxy vectors ``(<= _ADD_CHUNK, d)``, in row order."""
         for s in spaces:
             for start in range(0, len(s), _ADD_CHUNK):
-                chunk = s[start : start + _ADD_CHUNK]
-                xb = pad(self.proxy.database(chunk, self.curv, self.state), d)
-                if self._lorentz_ivf:
-                    _add_lorentz_ivf(self.index, xb, time_col=self.dim)
-                else:
-                    self.index.add(xb)
-                if progress is not None:
-                    progress(len(chunk))
+                yield pad(self.proxy.database(s[start : start + _ADD_CHUNK], self.curv, self.state), d)
 
     # ---------------------------------------------------------------- search
     def search(self, queries: np.ndarray, kc: int, shards: ShardSet) -> np.ndarray:
@@ -217,18 +214,14 @@ class CandidateStage:
     def _rebuild_index(self, spaces: Sequence[np.ndarray]) -> None:
         """A growable FAISS HNSW from the saved graph and proxy vectors recomputed from ``spaces``."""
         d = padded_dim(self.dim, self.proxy, self.preset.pad_to)
-        metric = faiss.METRIC_INNER_PRODUCT if self.proxy.metric == "ip" else faiss.METRIC_L2
-        index = faiss.index_factory(d, self.factory, metric)
-        if "efConstruction" in self.preset.build:
-            _hnsw(index).efConstruction = int(self.preset.build["efConstruction"])
+        index = _new_index(self.preset, self.proxy, d, self.factory)
         try:
             self._graph.into(index)
         except ValueError as e:
             raise IndexCorruptError(f"saved graph does not fit {self.factory}: {e}") from None
         storage = faiss.downcast_index(faiss.downcast_index(index).storage)
-        for s in spaces:
-            for start in range(0, len(s), _ADD_CHUNK):
-                storage.add(pad(self.proxy.database(s[start : start + _ADD_CHUNK], self.curv, self.state), d))
+        for xb in self._proxy_chunks(spaces, d):
+            storage.add(xb)
         if storage.ntotal != self._graph.levels.shape[0]:
             raise IndexCorruptError(f"graph has {self._graph.levels.shape[0]} nodes, the shards {storage.ntotal} rows")
         index.ntotal = storage.ntotal
@@ -274,6 +267,21 @@ def _lorentz_assign(ivf, xb: np.ndarray, time_col: int) -> np.ndarray:
     flipped[:, time_col] *= -1  # [x_s, -x_t] . [c_s, c_t] = <x, c>_L, largest = nearest
     _, assign = ivf.quantizer.search(flipped, 1)
     return np.ascontiguousarray(assign[:, 0])
+
+
+def _new_index(preset: Preset, proxy: Proxy, d: int, factory: str) -> faiss.Index:
+    """An empty FAISS structure over ``d``-dimensional proxy vectors, with the preset's build knobs."""
+    metric = faiss.METRIC_INNER_PRODUCT if proxy.metric == "ip" else faiss.METRIC_L2
+    index = faiss.index_factory(d, factory, metric)
+    hnsw = _hnsw(index)
+    if hnsw is not None and "efConstruction" in preset.build:
+        hnsw.efConstruction = int(preset.build["efConstruction"])
+    return index
+
+
+def _preset_dim(preset: Preset, dim: int) -> int:
+    """Proxy dimension of the preset's own space (what its factory string is sized for)."""
+    return padded_dim(dim, PROXIES[preset.proxy], preset.pad_to)
 
 
 def _hnsw(index: faiss.Index):

@@ -6,8 +6,8 @@ symmetric proxy loses the true neighbours of far-out points, which in hyperbolic
 space lie toward the origin. So hyperret lets FAISS build the graph over the
 proxy and walks it here with the true order: ``-<q, x>_L``, computed from the
 float32 rows of the memory-mapped shards (float64 sums). The graph's arrays are
-read in place from the FAISS index (no copy); the ``ef`` best rows found go on
-to the exact rerank.
+read in place, from the FAISS index that built them or memory-mapped from the
+saved file (no copy); the ``ef`` best rows found go on to the exact rerank.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import parallel
-from .rerank import ShardSet, _row_view
+from .rerank import ShardSet, _row_view, _sqnorm
 
 _FM = {"reassoc", "contract", "nsz"}  # navigation order only: the rerank decides exactly
 
@@ -35,7 +35,7 @@ class Graph:
     levels: np.ndarray  # shape: (n,) int32, number of levels of each node
     entry: int
     max_level: int
-    owner: object  # the FAISS index that holds the arrays
+    owner: object  # what holds the arrays: the FAISS index, or the memory-mapped file's views
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "Graph":
@@ -119,10 +119,7 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
     """Beam search for one query; writes the ``len(out)`` best rows (by score) into ``out``."""
     inv_c = 1.0 / curv
     dim = q.shape[0]
-    qn = 0.0
-    for j in range(dim):
-        qn += np.float64(q[j]) * np.float64(q[j])
-    qt = math.sqrt(inv_c + qn)
+    qt = math.sqrt(inv_c + _sqnorm(q))
     n = levels.shape[0]
 
     ep = entry

@@ -273,10 +273,9 @@ class Index:
                     # Resync with the disk: drop in-memory growth, and if the manifest swap
                     # did happen, the pending rows are committed and must not be added again.
                     self._snap = Snapshot.open(self.path, writable=True)
-                    if self._snap.manifest.version == old.manifest.version:
-                        raise
-                    self._pending_files.clear()
-                    self._pending_ids.clear()
+                    if self._snap.manifest.version != old.manifest.version:
+                        self._pending_files.clear()
+                        self._pending_ids.clear()
                     raise
             self._pending_files.clear()
             self._pending_ids.clear()
