@@ -99,12 +99,17 @@ def index_cmd(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or TOML path (default: fast)."),
     curv: Optional[float] = typer.Option(None, "--curv", help="Curvature c (> 0); else the schema key hyperret.curv."),
     append: bool = typer.Option(False, "--append", help="Add to the existing index at --out in one new commit."),
+    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Safety bounds JSON: store every row's "
+                                          "unsafe_score and unsafe_label, enable the safety policies."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
+                                           "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting index summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Index precomputed embeddings (space components of Lorentz points)."""
-    info = build_index(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet)
+    info = build_index(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet,
+                       bounds=bounds, modality=modality)
     if as_json:
         _dump(info)
     else:
@@ -113,13 +118,20 @@ def index_cmd(
 
 
 def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
-                batch_rows: int = 65_536, quiet: bool = True) -> dict[str, Any]:
+                batch_rows: int = 65_536, quiet: bool = True, bounds: Path | None = None,
+                modality: str | None = None) -> dict[str, Any]:
     """Read ``source`` and build (or append to) the index at ``out``; all or nothing."""
     from .errors import IndexExistsError, InvalidInputError
     from .index import Index
     from .ingest import Source
+    from .safety.bounds import Bounds
 
     src = Source(source, batch_rows=batch_rows)
+    if append and (bounds is not None or modality is not None):
+        raise InvalidInputError("--bounds and --modality are fixed when an index is created; not with --append")
+    b = Bounds.load(bounds) if bounds is not None else None
+    if modality is None and not append:
+        modality = _source_modality(src)
     src_curv = src.curv
     if curv is not None and src_curv is not None and abs(curv - src_curv) > 1e-9 * max(curv, src_curv):
         raise InvalidInputError(f"--curv {curv:g} contradicts the source's hyperret.curv {src_curv:g}")
@@ -144,7 +156,8 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
             for batch in src.batches():
                 if ix is None:
                     ix = Index.create(target, dim=batch.vectors.shape[1], curv=c, preset=preset,
-                                      producer={"source": str(source), "vectors": "precomputed"})
+                                      producer={"source": str(source), "vectors": "precomputed"},
+                                      modality=modality or "image", bounds=b)
                 try:
                     ix.add(batch.vectors, ids=batch.ids, metadata=batch.metadata)
                 except InvalidInputError as e:
@@ -170,6 +183,15 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
         if not append:
             shutil.rmtree(target, ignore_errors=True)
         raise
+
+
+def _source_modality(src: Any) -> str:
+    """``image``/``text`` when the source's ``modality`` column has one value, ``mixed`` for both."""
+    vals = src.distinct("modality")
+    if vals is None:
+        return "mixed"
+    vals = {v for v in vals if v is not None}
+    return "image" if not vals else (vals.pop() if len(vals) == 1 else "mixed")
 
 
 # --------------------------------------------------------------- search

@@ -25,15 +25,20 @@ from .errors import (
     InvalidInputError,
     ReadOnlyIndexError,
 )
+from .planner import Plan, make_plan
 from .presets import Preset, load_preset
 from .rerank import ShardSet, rerank
 from .result import SearchResult
+from .safety.bounds import MODALITIES, Bounds, as_bounds
+from .safety.classify import Classification, classify, classify_radius
+from .safety.traversal import HYSAC_ALPHA
 from .snapshot import Snapshot
 from .storage.fsutil import WriterLock, fsync_dir, fsync_file, sha256_file
 from .storage.manifest import MANIFEST_NAME, CandidateEntry, FileEntry, Manifest, new_manifest, write_manifest
 from .storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 
 CANDIDATE_DIR = "faiss"
+INDEX_MODALITIES = ("image", "text", "mixed")
 #: Pending rows are written to a (not yet committed) shard once they reach this size.
 SPILL_BYTES = 256 << 20
 
@@ -63,6 +68,7 @@ class Index:
         #: Called with a step name during commit ("shards_written", "candidates_written",
         #: "committed"): a seam for fault-injection tests and instrumentation.
         self.on_commit_step: StepHook | None = None
+        self._bounds: tuple[dict[str, Any], Bounds] | None = None
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -74,8 +80,17 @@ class Index:
         preset: str | Preset | None = None,
         *,
         producer: dict[str, Any] | None = None,
+        modality: str = "image",
+        bounds: "Bounds | dict[str, Any] | str | Path | None" = None,
     ) -> "Index":
-        """Create an empty index at ``path`` and return it open for writing."""
+        """Create an empty index at ``path`` and return it open for writing.
+
+        ``modality``: what the rows are, ``image``, ``text``, or ``mixed`` (then every
+        add carries a ``modality`` metadata column). ``bounds``: safety bounds (a
+        :class:`~hyperret.safety.Bounds`, its dict or a file); with them every row
+        stores its ``unsafe_score`` and ``unsafe_label``, and the safety policies
+        of :meth:`search` use them.
+        """
         path = Path(path)
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
@@ -85,6 +100,14 @@ class Index:
             raise InvalidInputError(f"curvature must be a number, got {curv!r}") from None
         if not np.isfinite(curv) or curv <= 0:
             raise InvalidInputError(f"curvature must be positive and finite, got {curv}")
+        if modality not in INDEX_MODALITIES:
+            raise InvalidInputError(f"unknown modality {modality!r} (one of: {', '.join(INDEX_MODALITIES)})")
+        b = as_bounds(bounds)
+        if b is not None:
+            b.check_curv(curv)
+            missing = [m for m in ((modality,) if modality != "mixed" else MODALITIES) if m not in b.thresholds]
+            if missing:
+                raise InvalidInputError(f"the bounds have no threshold for {missing[0]} rows")
         p = preset if isinstance(preset, Preset) else load_preset(preset)
         if (path / MANIFEST_NAME).exists():
             raise IndexExistsError(f"an index already exists at {path}")
@@ -97,7 +120,8 @@ class Index:
             from . import __version__
 
             prod = {"tool": f"hyperret {__version__}", **(producer or {})}
-            manifest = new_manifest(int(dim), curv, p.to_dict(), prod)
+            manifest = new_manifest(int(dim), curv, p.to_dict(), prod, modality=modality,
+                                    bounds=b.to_dict() if b is not None else None)
             write_manifest(path, manifest)
             fsync_dir(path.parent)
         except BaseException:
@@ -164,6 +188,21 @@ class Index:
     def version(self) -> int:
         return self.manifest.version
 
+    @property
+    def modality(self) -> str:
+        """What the rows are: ``image``, ``text`` or ``mixed``."""
+        return self.manifest.modality
+
+    @property
+    def bounds(self) -> Bounds | None:
+        """The safety bounds the index was built with (``None``: none)."""
+        raw = self.manifest.bounds
+        if raw is None:
+            return None
+        if self._bounds is None or self._bounds[0] is not raw:
+            self._bounds = (raw, Bounds.from_dict(raw, source=f"{self.path} manifest"))
+        return self._bounds[1]
+
     def __len__(self) -> int:
         return self._snap.rows
 
@@ -184,6 +223,7 @@ class Index:
         x = validate.vectors(vectors, self.dim)
         n = x.shape[0]
         meta = validate.metadata(metadata, n)
+        self._check_modality_column(meta, n)
         with self._mutex:
             if meta is not None:
                 self._check_metadata_types(meta)
@@ -226,6 +266,22 @@ class Index:
             if len(both):
                 raise DuplicateIdError(f"id {int(both[0])} was already added (uncommitted)")
 
+    def _check_modality_column(self, meta: pa.Table | None, n: int) -> None:
+        """A mixed index needs a text/image ``modality`` column; others may carry a matching one."""
+        if meta is None or "modality" not in meta.column_names:
+            if self.modality == "mixed" and n:
+                raise InvalidInputError("this index holds mixed modalities: every row needs a 'modality' "
+                                        "metadata column (text or image)")
+            return
+        col = meta.column("modality")
+        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+            raise InvalidInputError(f"metadata column 'modality' must be strings, got {col.type}")
+        vals = set(col.to_pylist())
+        allowed = set(MODALITIES) if self.modality == "mixed" else {self.modality}
+        bad = sorted(vals - allowed, key=str)
+        if bad:
+            raise InvalidInputError(f"modality {bad[0]!r} in a {self.modality} index (allowed: {', '.join(sorted(allowed))})")
+
     def _check_metadata_types(self, meta: pa.Table) -> None:
         known = dict(self.manifest.metadata_columns)
         for _, _, m in self._pending:
@@ -246,11 +302,27 @@ class Index:
         meta = _concat_metadata([p[2] for p in self._pending], [len(p[0]) for p in self._pending])
         t64 = lorentz.time_component(x, self.curv)
         r64 = lorentz.radius(x, self.curv)
+        meta = self._with_safety_columns(meta, r64)
         table = build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
         entry = write_shard(self.path, table, tag=f"v{self.version + 1:06d}")
         self._pending_files.append(entry)
         self._pending.clear()
         self._pending_bytes = 0
+
+    def _with_safety_columns(self, meta: pa.Table | None, r64: np.ndarray) -> pa.Table | None:
+        """Prepend ``unsafe_score`` and ``unsafe_label`` (from the radii ``(n,)``) when the index has bounds."""
+        b = self.bounds
+        if b is None:
+            return meta
+        if meta is not None and "modality" in meta.column_names:
+            mod = np.asarray(meta.column("modality").to_pylist(), dtype=str)
+        else:
+            mod = np.full(len(r64), self.modality)
+        unsafe, score = classify_radius(r64, mod, b)
+        cols = {"unsafe_score": pa.array(score, pa.float32()), "unsafe_label": pa.array(unsafe, pa.bool_())}
+        if meta is not None:
+            cols.update({name: meta.column(name) for name in meta.column_names})
+        return pa.table(cols)
 
     # --------------------------------------------------------------- commit
     def commit(self, progress: Progress | None = None) -> int:
@@ -340,33 +412,107 @@ class Index:
             f.unlink(missing_ok=True)
 
     # --------------------------------------------------------------- search
-    def search(self, queries: Any, k: int = 10, *, candidates: int | None = None) -> SearchResult:
-        """The ``k`` nearest rows of each query ``(m, dim)`` by exact geodesic distance.
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        candidates: int | None = None,
+        policy: str | Sequence[str] = "off",
+        modality: str | Sequence[str] = "text",
+        redirect_mode: str = "geodesic",
+        bounds: "Bounds | dict[str, Any] | str | Path | None" = None,
+        allow_unsafe: bool = False,
+        alpha: float = HYSAC_ALPHA,
+        target: str | float | None = None,
+    ) -> SearchResult:
+        """The ``k`` nearest rows of each query ``(m, dim)`` by exact geodesic distance, under a safety policy.
 
-        ``candidates`` overrides how many rows the candidate stage proposes for the
-        exact rerank (default from the preset, see ``Preset.candidates_for``).
+        ``policy``: ``off`` | ``redirect`` | ``filter`` | ``block`` | ``outward``, one
+        for all queries or a list with one per query (see :mod:`hyperret.planner`).
+        ``modality``: the queries' modality (``text`` or ``image``; one or one per
+        query), which picks the threshold that classifies them. ``redirect_mode``:
+        ``geodesic`` (default) or ``hysac`` (the reference formula, ``alpha``).
+        ``target``: the bounds statistic (or a radius) the geodesic moves aim for.
+        ``bounds``: override the index's bounds for this call. ``allow_unsafe``:
+        required for ``outward``. ``candidates`` overrides how many rows the
+        candidate stage proposes for the exact rerank (default from the preset).
+        The result's ``.unsafe`` labels every hit (when bounds are known) and
+        ``.plans`` says what happened to each query.
         """
         q = validate.vectors(queries, self.dim, what="query vectors")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        override = as_bounds(bounds)
         with self._rw.read():
             snap = self._snap
-            n = snap.rows
-            if snap.stage is None or n == 0:
-                rows = np.full((len(q), k), -1, np.int64)
-                dist = np.full((len(q), k), np.inf)
-                exact = True
-            else:
+            b = override if override is not None else self.bounds
+            plan = make_plan(q, curv=self.curv, policy=policy, modality=modality, index_modality=self.modality,
+                             bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
+                             target=target)
+            labels = snap.unsafe_rows(override) if b is not None else None
+            m, n = len(q), snap.rows
+            rows = np.full((m, k), -1, np.int64)
+            dist = np.full((m, k), np.inf)
+            exact = True
+            if snap.stage is not None and n:
                 preset = snap.stage.preset
                 kc = candidates if candidates is not None else preset.candidates_for(k)
                 if kc < k:
                     raise InvalidInputError(f"candidates ({kc}) must be at least k ({k})")
-                cand = snap.stage.search(q, min(kc, n), snap.shardset)
-                rows, dist = rerank(q, cand, snap.shardset, self.curv, int(k))
                 exact = snap.stage.is_exhaustive
+                sel = plan.plain
+                if len(sel):
+                    cand = snap.stage.search(plan.queries[sel], min(kc, n), snap.shardset)
+                    rows[sel], dist[sel] = rerank(plan.queries[sel], cand, snap.shardset, self.curv, int(k))
+                    for i in sel:
+                        plan.plans[i].candidates = min(kc, n)
+                if len(plan.filtered):
+                    self._filtered_search(snap, plan, labels, int(k), kc, rows, dist)
+            for i in plan.blocked:
+                plan.plans[i].candidates = 0
+            for p, r in zip(plan.plans, rows):
+                p.returned = int(np.count_nonzero(r >= 0))
+            hit_unsafe = None
+            if labels is not None:
+                hit_unsafe = np.where(rows >= 0, labels[np.maximum(rows, 0)] if len(labels) else False, False)
         return SearchResult(
-            ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap
+            ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap,
+            unsafe=hit_unsafe, plans=plan.plans,
         )
+
+    def _filtered_search(self, snap: Snapshot, plan: Plan, labels: np.ndarray, k: int, kc: int,
+                         rows: np.ndarray, dist: np.ndarray) -> None:
+        """Rerank without unsafe rows, asking the candidate stage for more until ``k`` safe hits or all rows."""
+        n = snap.rows
+        todo = plan.filtered
+        kc = min(kc, n)
+        rounds = 0
+        while len(todo):
+            skipped = np.zeros(len(todo), dtype=np.int64)
+            cand = snap.stage.search(plan.queries[todo], kc, snap.shardset)
+            r, d = rerank(plan.queries[todo], cand, snap.shardset, self.curv, k, skip=labels, skipped=skipped)
+            rows[todo], dist[todo] = r, d
+            for j, i in enumerate(todo):
+                p = plan.plans[i]
+                p.candidates, p.refills, p.unsafe_skipped = kc, rounds, int(skipped[j])
+            short = r[:, k - 1] < 0
+            if kc >= n or not short.any():
+                for j in np.flatnonzero(short):
+                    plan.plans[todo[j]].reason += f" (only {int(np.count_nonzero(r[j] >= 0))} safe rows exist)"
+                break
+            todo = todo[short]
+            kc = min(n, kc * 4)
+            rounds += 1
+
+    def classify(self, vectors: Any, modality: str | Sequence[str] = "image",
+                 bounds: "Bounds | dict[str, Any] | str | Path | None" = None) -> Classification:
+        """Classify space components ``(n, dim)`` as safe/unsafe under the index's (or given) bounds."""
+        x = validate.vectors(vectors, self.dim)
+        b = as_bounds(bounds) or self.bounds
+        if b is None:
+            raise InvalidInputError("no safety bounds: build the index with bounds (--bounds) or pass bounds=")
+        return classify(x, b, self.curv, modality)
 
     # ---------------------------------------------------------------- reads
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
@@ -425,6 +571,8 @@ class Index:
             "candidate_bytes": cand_bytes,
             "total_bytes": shard_bytes + cand_bytes,
             "metadata_columns": dict(m.metadata_columns),
+            "modality": m.modality,
+            "bounds": _bounds_summary(self.bounds),
             "producer": dict(m.producer),
             "created_at": m.created_at,
             "committed_at": m.committed_at,
@@ -433,6 +581,13 @@ class Index:
     def _require_writable(self) -> None:
         if not self.writable:
             raise ReadOnlyIndexError(f"index {self.path} is open read-only; use Index.open(path, writable=True)")
+
+
+def _bounds_summary(b: Bounds | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"source": b.source, "thresholds": {m: {"radius": t.radius, "criterion": t.criterion}
+                                               for m, t in b.thresholds.items()}}
 
 
 def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:

@@ -82,6 +82,23 @@ class Source:
     def metadata_columns(self) -> list[str]:
         return [n for n in self.schema.names if n not in (EMBEDDING, ID)]
 
+    def distinct(self, name: str) -> set | None:
+        """Distinct values of column ``name`` (``None`` for a stream, which can be read only once)."""
+        if name not in self.schema.names:
+            return set()
+        try:
+            if self.kind == "parquet":
+                col = pq.read_table(self.path, columns=[name]).column(name)
+            elif self.kind == "arrow-file":
+                col = pa.chunked_array([self._reader.get_batch(i).column(name)
+                                        for i in range(self._reader.num_record_batches)],
+                                       type=self.schema.field(name).type)
+            else:
+                return None
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"{self.path}: read failed ({_first_line(e)})") from None
+        return set(col.unique().to_pylist())
+
     def batches(self) -> Iterator[Batch]:
         """Validated batches, each ``(vectors, ids, metadata)``; row numbers in errors count from 0."""
         start = 0

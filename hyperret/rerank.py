@@ -104,8 +104,12 @@ def _prepare_query(q, inv_c):
 
 
 @njit(cache=True, nogil=True)
-def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
-    """Exact top ``len(out_rows)`` of one query among its candidate rows (in place)."""
+def _rerank_one(q, cand_row, offsets, bases, curv, skip, out_rows, out_dist):
+    """Exact top ``len(out_rows)`` of one query among its candidate rows (in place).
+
+    ``skip``: per global row, True to leave the row out (empty: keep every row).
+    Returns how many distinct candidate rows were left out.
+    """
     kc = cand_row.shape[0]
     k = out_rows.shape[0]
     dim = q.shape[0]
@@ -115,9 +119,13 @@ def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
     rows = np.sort(cand_row)  # row order: better locality, deterministic ties
     dist = np.full(kc, np.inf, dtype=np.float64)
     valid = np.zeros(kc, dtype=np.bool_)
+    skipped = 0
     for j in range(kc):
         g = rows[j]
         if g < 0 or g >= total or (j > 0 and rows[j - 1] == g):
+            continue
+        if skip.shape[0] > 0 and skip[g]:
+            skipped += 1
             continue
         x = _row_view(bases, offsets, g, dim)
         dist[j] = _distance_row(x, q, rq, tq, inv_c, curv)
@@ -133,19 +141,19 @@ def _rerank_one(q, cand_row, offsets, bases, curv, out_rows, out_dist):
         c += 1
         if c == k:
             break
+    return skipped
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _rerank_parallel(queries, cand, offsets, bases, curv, out_rows, out_dist):
+def _rerank_parallel(queries, cand, offsets, bases, curv, skip, out_rows, out_dist, out_skipped):
     for i in prange(queries.shape[0]):
-        _rerank_one(queries[i], cand[i], offsets, bases, curv, out_rows[i], out_dist[i])
+        out_skipped[i] = _rerank_one(queries[i], cand[i], offsets, bases, curv, skip, out_rows[i], out_dist[i])
 
 
 @njit(cache=True, nogil=True)
-def _rerank_serial(queries, cand, offsets, bases, curv, out_rows, out_dist):
+def _rerank_serial(queries, cand, offsets, bases, curv, skip, out_rows, out_dist, out_skipped):
     for i in range(queries.shape[0]):
-        _rerank_one(queries[i], cand[i], offsets, bases, curv, out_rows[i], out_dist[i])
-
+        out_skipped[i] = _rerank_one(queries[i], cand[i], offsets, bases, curv, skip, out_rows[i], out_dist[i])
 
 
 
@@ -177,11 +185,17 @@ class ShardSet:
         return self.arrays[s][g - self.offsets[s]]
 
 
-def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: float, k: int):
+_NO_SKIP = np.zeros(0, dtype=np.bool_)
+
+
+def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: float, k: int,
+           skip: np.ndarray | None = None, skipped: np.ndarray | None = None):
     """Exact top ``k`` among ``candidates: (m, kc)`` rows for ``queries: (m, D)`` float32.
 
     Returns ``(rows (m, k) int64, distances (m, k) float64)``; ``-1`` / ``inf`` pad
-    queries with fewer than ``k`` valid candidates.
+    queries with fewer than ``k`` valid candidates. ``skip: (n,)`` bool per global
+    row leaves rows out (the safety filter); ``skipped: (m,)`` int64, if given,
+    receives how many candidate rows each query left out.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     c = np.ascontiguousarray(candidates, dtype=np.int64)
@@ -189,8 +203,12 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
         return np.full((q.shape[0], k), -1, np.int64), np.full((q.shape[0], k), np.inf)
     if q.shape[1] != shards.dim:
         raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {shards.dim}")
+    sk = _NO_SKIP if skip is None else np.ascontiguousarray(skip, dtype=np.bool_)
+    if len(sk) and len(sk) != shards.rows:
+        raise ValueError(f"skip mask of {len(sk)} rows for {shards.rows} rows")
     out_rows = np.full((q.shape[0], k), -1, dtype=np.int64)
     out_dist = np.full((q.shape[0], k), np.inf, dtype=np.float64)
+    out_skipped = np.zeros(q.shape[0], dtype=np.int64) if skipped is None else skipped
     parallel.run(_rerank_serial, _rerank_parallel, q.shape[0],
-                 q, c, shards.offsets, shards.bases, float(curv), out_rows, out_dist)
+                 q, c, shards.offsets, shards.bases, float(curv), sk, out_rows, out_dist, out_skipped)
     return out_rows, out_dist

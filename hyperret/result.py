@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from .planner import QueryPlan
     from .snapshot import Snapshot
 
 
@@ -18,6 +19,8 @@ class SearchResult:
     ``ids`` and ``distances`` are ``(m, k)``; ``-1`` / ``inf`` pad queries with
     fewer than ``k`` hits. Distances are exact geodesic distances (float32) of the
     hits returned; ``exact`` says whether the candidate stage was exhaustive.
+    ``unsafe`` labels each hit by the safety bounds in force; ``plans`` holds one
+    :class:`~hyperret.planner.QueryPlan` per query.
     """
 
     ids: np.ndarray  # shape: (m, k) int64
@@ -25,6 +28,8 @@ class SearchResult:
     rows: np.ndarray  # shape: (m, k) int64, rows of the snapshot searched
     exact: bool
     snapshot: "Snapshot" = field(repr=False)
+    unsafe: np.ndarray | None = None  # shape: (m, k) bool per hit (False for padding); None without bounds
+    plans: list["QueryPlan"] = field(default_factory=list, repr=False)  # what happened to each query
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -44,6 +49,9 @@ class SearchResult:
             for j in range(self.ids.shape[1]):
                 if self.ids[i, j] == -1:
                     break
-                hits.append({"id": int(self.ids[i, j]), "distance": float(self.distances[i, j]), **meta[i][j]})
+                hit = {"id": int(self.ids[i, j]), "distance": float(self.distances[i, j])}
+                if self.unsafe is not None:
+                    hit["unsafe"] = bool(self.unsafe[i, j])
+                hits.append({**hit, **meta[i][j]})
             out.append(hits)
         return out

@@ -30,6 +30,7 @@ class Snapshot:
     shardset: ShardSet
     stage: CandidateStage | None
     _id_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _labels: dict[int, tuple[Any, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: Path, *, writable: bool = False) -> "Snapshot":
@@ -87,6 +88,36 @@ class Snapshot:
                 vals[sel] = self.shards[i].ids[local[sel]]
             out[ok] = vals
         return out.reshape(rows.shape)
+
+    def row_modality(self) -> np.ndarray:
+        """Modality of every row (``text``/``image``), in row order -> ``(n,)`` str."""
+        if self.manifest.modality != "mixed":
+            return np.full(self.rows, self.manifest.modality)
+        parts = [s.table.column("modality").to_numpy(zero_copy_only=False).astype(str) for s in self.shards]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=str)
+
+    def unsafe_rows(self, bounds: Any = None) -> np.ndarray | None:
+        """Unsafe label of every row -> ``(n,)`` bool; ``None`` without bounds.
+
+        Under the index's own bounds, the labels stored at add time; under other
+        ``bounds``, recomputed from the stored radii (the last such set is cached).
+        """
+        if bounds is None and self.manifest.bounds is None:
+            return None
+        key = 0 if bounds is None else 1  # the index's own labels, and the last override
+        hit = self._labels.get(key)
+        if hit is not None and hit[0] is bounds:
+            return hit[1]
+        if key == 0:
+            parts = [s.table.column("unsafe_label").to_numpy(zero_copy_only=False).astype(bool) for s in self.shards]
+        else:
+            from .safety.classify import classify_radius
+
+            radius = np.concatenate([s.radius for s in self.shards]) if self.shards else np.zeros(0, np.float32)
+            parts = [classify_radius(radius, self.row_modality(), bounds)[0]]
+        labels = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+        self._labels[key] = (bounds, labels)
+        return labels
 
     def all_ids(self) -> np.ndarray:
         """Every id, in row order -> ``(n,)`` int64."""

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DimensionMismatchError, DuplicateIdError, InvalidInputError, NonFiniteError
-from .storage.shards import CORE_COLUMNS
+from .storage.shards import RESERVED_COLUMNS
 
 #: The id that marks "no result" in search output; users cannot store it.
 NO_ID = -1
@@ -68,7 +68,7 @@ def metadata(x: Any, n: int) -> pa.Table | None:
         raise InvalidInputError("metadata must be an Arrow table, a record batch or a dict of columns")
     if x.num_rows != n:
         raise InvalidInputError(f"metadata has {x.num_rows} rows, the vectors {n}")
-    clash = sorted(set(x.column_names) & set(CORE_COLUMNS))
+    clash = sorted(set(x.column_names) & set(RESERVED_COLUMNS))
     if clash:
         raise InvalidInputError(f"metadata columns may not be named {clash} (reserved)")
     if len(set(x.column_names)) != len(x.column_names):

@@ -121,7 +121,10 @@ def test_failed_append_keeps_the_previous_snapshot(tmp_path, source):
     before = (out / "manifest.json").read_bytes()
     wrong_dim = _write(tmp_path / "w.parquet", embedding=[[0.1, 0.2]], _meta={"hyperret.curv": "0.7"})
     _fails(_run("index", wrong_dim, "--out", out, "--append", "-q"), "dimension 2, the index has 8")
-    dup = _write(tmp_path / "dup.parquet", embedding=[list(pts.space[0])], id=[5], _meta={"hyperret.curv": "0.7"})
+    no_mod = _write(tmp_path / "nm.parquet", embedding=[list(pts.space[0])], _meta={"hyperret.curv": "0.7"})
+    _fails(_run("index", no_mod, "--out", out, "--append", "-q"), "needs a 'modality' metadata column")
+    dup = _write(tmp_path / "dup.parquet", embedding=[list(pts.space[0])], id=[5], modality=["text"],
+                 _meta={"hyperret.curv": "0.7"})
     _fails(_run("index", dup, "--out", out, "--append", "-q"), "id 5 is already in the index")
     _fails(_run("index", src, "--out", out, "-q"), "already exists")
     _fails(_run("index", src, "--out", out, "--append", "--curv", "2", "-q"), "contradicts")

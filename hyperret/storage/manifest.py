@@ -17,7 +17,7 @@ from ..errors import FormatVersionError, IndexCorruptError, IndexNotFoundError
 from .fsutil import atomic_write_bytes
 
 FORMAT_NAME = "hyperret.index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: safety bounds and collection modality
 MANIFEST_NAME = "manifest.json"
 
 
@@ -59,6 +59,8 @@ class Manifest:
     candidates: CandidateEntry | None = None
     next_id: int = 0
     metadata_columns: dict[str, str] = field(default_factory=dict)  # name -> Arrow type string
+    modality: str = "image"  # what the rows are: image, text, or mixed (a per-row modality column)
+    bounds: dict[str, Any] | None = None  # safety bounds (hyperret.safety.Bounds.to_dict) in force
     created_at: str = ""
     committed_at: str = ""
     format: str = FORMAT_NAME
@@ -101,7 +103,7 @@ class Manifest:
 
     def committed(self, **changes: Any) -> "Manifest":
         """A copy for the next commit: version + 1, fresh commit time, ``changes`` applied."""
-        return replace(self, version=self.version + 1, committed_at=_now(), **changes)
+        return replace(self, version=self.version + 1, committed_at=_now(), format_version=FORMAT_VERSION, **changes)
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -125,8 +127,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def new_manifest(dim: int, curv: float, preset: dict[str, Any], producer: dict[str, Any]) -> Manifest:
+def new_manifest(dim: int, curv: float, preset: dict[str, Any], producer: dict[str, Any], *,
+                 modality: str = "image", bounds: dict[str, Any] | None = None) -> Manifest:
     now = _now()
     return Manifest(
-        dim=dim, curv=curv, preset=preset, producer=producer, created_at=now, committed_at=now
+        dim=dim, curv=curv, preset=preset, producer=producer, created_at=now, committed_at=now,
+        modality=modality, bounds=bounds,
     )

@@ -21,6 +21,9 @@ from .manifest import FileEntry
 SHARD_DIR = "shards"
 #: Columns every shard has; metadata columns may not use these names.
 CORE_COLUMNS = ("id", "space", "time", "radius")
+#: Columns an index built with safety bounds adds to every row (reserved names too).
+SAFETY_COLUMNS = ("unsafe_score", "unsafe_label")
+RESERVED_COLUMNS = CORE_COLUMNS + SAFETY_COLUMNS
 
 
 def shard_schema(dim: int, metadata: pa.Schema | None = None) -> pa.Schema:

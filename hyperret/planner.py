@@ -1,0 +1,202 @@
+"""The query planner: classify each query, apply its safety policy, and say what happened.
+
+Per query: the radius (distance to the origin), the class the bounds give it, the
+policy in force, the query actually searched, and a :class:`QueryPlan` recording
+it all. Policies (one per call, or one per query in a batch):
+
+- ``off``: the query as it is; nothing is classified away.
+- ``redirect``: a query the bounds call unsafe is moved toward the origin (the
+  safety traversal, mode ``geodesic`` (default) or ``hysac``); safe queries are
+  never touched.
+- ``filter``: unsafe hits are dropped in the rerank and the list is refilled to
+  ``k`` from further candidates.
+- ``block``: an unsafe query gets no results, with the reason.
+- ``outward``: the reference's outward move (a query nearer the origin than the
+  unsafe region is pushed out to it), for moderators who must find unsafe
+  content; only with ``allow_unsafe=True``.
+
+The planner decides; :meth:`hyperret.Index.search` runs the candidate stage and
+the rerank for the plan.
+
+Why ``geodesic`` is the default redirect mode: it moves the query along its own
+geodesic to a radius taken from the bounds (the safe class of the modality being
+retrieved), so it redirects every query the bounds call unsafe, whatever the
+model's radius scale. HySAC's formula compares a radius with a Euclidean norm and
+adds a ``+ 1`` offset tuned on the official model's radii; on other radius scales
+it moves few or no queries (measured in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import lorentz
+from .errors import InvalidInputError
+from .safety.bounds import MODALITY_CLASSES, Bounds
+from .safety.classify import classify_radius, modality_array
+from .safety.traversal import (HYSAC_ALPHA, geodesic_outward, geodesic_redirect, hysac_outward, hysac_redirect,
+                               hysac_target)
+
+POLICIES = ("off", "redirect", "filter", "block", "outward")
+REDIRECT_MODES = ("geodesic", "hysac")
+#: Default bounds statistic for the geodesic moves: the safe class's for ``redirect``,
+#: the unsafe class's for ``outward`` (both of the modality being retrieved).
+DEFAULT_TARGET = {"redirect": "avg", "outward": "avg"}
+
+
+@dataclass
+class QueryPlan:
+    """What the planner and the search did with one query."""
+
+    query: int
+    policy: str
+    modality: str  # the query's modality
+    target_modality: str  # the modality of the rows being retrieved
+    radius: float  # the query's distance to the origin
+    unsafe: bool | None = None  # the bounds' verdict on the query (None: no bounds)
+    unsafe_score: float | None = None  # calibrated probability of unsafe
+    query_class: str | None = None  # S/U (text) or V/G (image)
+    action: str = "search"  # search | redirect | filter | block | outward
+    moved: bool = False  # the query searched differs from the query given
+    redirect_mode: str | None = None
+    target_radius: float | None = None  # radius the move aimed for (geodesic) / HySAC's target norm
+    searched_radius: float | None = None  # radius of the query actually searched
+    candidates: int = 0  # candidate rows the rerank saw (last round)
+    refills: int = 0  # extra candidate rounds the filter needed
+    unsafe_skipped: int = 0  # unsafe candidate rows the filter left out (last round)
+    returned: int = 0
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for people: the verdict, then what was done."""
+        verdict = "" if self.unsafe is None else (
+            f"{'unsafe' if self.unsafe else 'safe'} {self.modality} query (class {self.query_class}, "
+            f"p={self.unsafe_score:.3f}, radius {self.radius:.4g}); ")
+        return f"query {self.query}: {verdict}policy {self.policy}: {self.reason}"
+
+
+@dataclass
+class Plan:
+    """Plans for a batch: the queries to search, and which queries go which way."""
+
+    queries: np.ndarray  # shape: (m, D) float32, after any moves
+    plans: list[QueryPlan]
+    plain: np.ndarray  # shape: (a,) int64, queries searched normally
+    filtered: np.ndarray  # shape: (b,) int64, queries searched with unsafe rows left out
+    blocked: np.ndarray  # shape: (c,) int64, queries given no results
+
+
+def per_query(value: Any, m: int, name: str, allowed: Sequence[str]) -> list[str]:
+    """A string for every query, or a list with one per query -> ``m`` validated strings."""
+    vals = [value] * m if isinstance(value, str) else list(value)
+    if len(vals) != m:
+        raise InvalidInputError(f"{name}: got {len(vals)} entries for {m} queries")
+    for v in vals:
+        if v not in allowed:
+            raise InvalidInputError(f"unknown {name} {v!r} (one of: {', '.join(allowed)})")
+    return vals
+
+
+def make_plan(
+    queries: np.ndarray,
+    *,
+    curv: float,
+    policy: str | Sequence[str],
+    modality: str | Sequence[str],
+    index_modality: str,
+    bounds: Bounds | None,
+    redirect_mode: str = "geodesic",
+    allow_unsafe: bool = False,
+    alpha: float = HYSAC_ALPHA,
+    target: str | float | None = None,
+) -> Plan:
+    """Classify ``queries: (m, D)`` and decide, per query, what to search and how."""
+    m = queries.shape[0]
+    policies = per_query(policy, m, "policy", POLICIES)
+    mod = modality_array(modality, m)
+    if redirect_mode not in REDIRECT_MODES:
+        raise InvalidInputError(f"unknown redirect mode {redirect_mode!r} (one of: {', '.join(REDIRECT_MODES)})")
+    if "outward" in policies and not allow_unsafe:
+        raise InvalidInputError("policy 'outward' retrieves unsafe content on purpose: pass allow_unsafe=True "
+                                "(--allow-unsafe)")
+    needs = sorted({p for p in policies if p != "off"})
+    if needs and bounds is None:
+        raise InvalidInputError(f"policy {needs[0]!r} needs safety bounds: build the index with bounds "
+                                "(--bounds) or pass bounds=")
+    if bounds is not None:
+        bounds.check_curv(curv)
+    radius = lorentz.radius(queries, curv)
+    if bounds is not None and m:
+        unsafe, score = classify_radius(radius, mod, bounds)
+    else:
+        unsafe, score = None, None
+    target_mod = mod if index_modality == "mixed" else np.full(m, index_modality)
+    out = queries.copy()
+    plans = []
+    for i in range(m):
+        p = QueryPlan(query=i, policy=policies[i], modality=str(mod[i]), target_modality=str(target_mod[i]),
+                      radius=float(radius[i]))
+        if unsafe is not None:
+            p.unsafe, p.unsafe_score = bool(unsafe[i]), float(score[i])
+            p.query_class = MODALITY_CLASSES[p.modality][int(p.unsafe)]
+        plans.append(p)
+    for i, p in enumerate(plans):
+        if p.policy == "off":
+            p.reason = "searched as given"
+        elif p.policy == "filter":
+            p.action = "filter"
+            p.reason = "unsafe hits left out, list refilled to k"
+        elif p.policy == "block":
+            if p.unsafe:
+                p.action = "block"
+                p.reason = (f"blocked: radius {p.radius:.4g} >= {p.modality} threshold "
+                            f"{bounds.threshold(p.modality).radius:.4g}")
+            else:
+                p.reason = "safe query, searched as given"
+        elif p.policy == "redirect":
+            if not p.unsafe:
+                p.reason = "safe query, searched as given"
+            else:
+                _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=True)
+        elif p.policy == "outward":
+            _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=False)
+    idx = np.arange(m, dtype=np.int64)
+    acts = np.array([p.action for p in plans]) if m else np.zeros(0, dtype=str)
+    return Plan(queries=out, plans=plans, plain=idx[(acts != "filter") & (acts != "block")],
+                filtered=idx[acts == "filter"], blocked=idx[acts == "block"])
+
+
+def _move(out: np.ndarray, i: int, p: QueryPlan, bounds: Bounds, curv: float, mode: str, alpha: float,
+          target: str | float | None, *, inward: bool) -> None:
+    """Move query ``i`` (in ``out``) toward the origin or away from it, recording it in ``p``."""
+    safe_l, unsafe_l = MODALITY_CLASSES[p.target_modality]
+    letter = safe_l if inward else unsafe_l
+    q = out[i : i + 1]
+    p.action = "redirect" if inward else "outward"
+    p.redirect_mode = mode
+    if mode == "hysac":
+        b = bounds.stat(letter, "up_95")
+        p.target_radius = hysac_target(b, curv, alpha)
+        moved_q, moved = (hysac_redirect if inward else hysac_outward)(q, b, curv, alpha)
+        rule = f"HySAC target {p.target_radius:.4g} from {letter} up_95 {b:.4g}"
+    else:
+        key = target if target is not None else DEFAULT_TARGET[p.action]
+        r_t = float(key) if isinstance(key, (int, float)) else bounds.stat(letter, str(key))
+        p.target_radius = r_t
+        moved_q, moved = (geodesic_redirect if inward else geodesic_outward)(q, r_t, curv)
+        rule = f"target radius {r_t:.4g} ({letter} {key})"
+    p.moved = bool(moved[0])
+    out[i] = moved_q[0]
+    p.searched_radius = float(lorentz.radius(out[i], curv))
+    if p.moved:
+        where = "toward the origin" if inward else "outward"
+        p.reason = f"moved {where} ({mode}): radius {p.radius:.4g} -> {p.searched_radius:.4g}, {rule}"
+    else:
+        side = "within" if inward else "beyond"
+        p.reason = f"not moved: radius {p.radius:.4g} already {side} the {rule}"
