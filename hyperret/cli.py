@@ -203,9 +203,20 @@ def search_cmd(
     k: int = typer.Option(10, "--k", "-k", min=1, help="Results per query."),
     candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="Rows the rerank sees per query."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated metadata columns to show."),
+    policy: str = typer.Option("off", "--policy", help="off, redirect, filter, block or outward; or a "
+                               "comma-separated list with one per query."),
+    modality: str = typer.Option("text", "--modality", help="The queries' modality: text or image (or a "
+                                 "comma-separated list with one per query)."),
+    redirect_mode: str = typer.Option("geodesic", "--redirect-mode", help="geodesic (default) or hysac."),
+    target: Optional[str] = typer.Option(None, "--target", help="Bounds statistic (avg, up_95, low_05, ...) or "
+                                         "radius the geodesic moves aim for."),
+    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON to use instead of the index's."),
+    allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Permit --policy outward (retrieves unsafe "
+                                      "content on purpose)."),
+    explain: bool = typer.Option(False, "--explain", help="Say, per query, what the planner did."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
 ) -> None:
-    """Search an index with query vectors."""
+    """Search an index with query vectors, under a safety policy."""
     import numpy as np
 
     from .errors import SourceError
@@ -218,14 +229,36 @@ def search_cmd(
     except (ValueError, OSError) as e:
         raise SourceError(f"{vectors} is not a readable .npy file ({e})") from None
     ix = Index.open(index)
-    res = ix.search(q, k=k, candidates=candidates)
+    res = ix.search(q, k=k, candidates=candidates, policy=_listed(policy), modality=_listed(modality),
+                    redirect_mode=redirect_mode, bounds=bounds, allow_unsafe=allow_unsafe,
+                    target=_target(target))
     cols = [c.strip() for c in columns.split(",")] if columns else None
     hits = res.to_list(cols)
     if as_json:
         for i, h in enumerate(hits):
-            _dump({"query": i, "exact": res.exact, "hits": h})
+            rec = {"query": i, "exact": res.exact, "hits": h}
+            if explain:
+                rec["plan"] = res.plans[i].to_dict()
+            _dump(rec)
         return
     _print_hits(hits)
+    if explain:
+        for p in res.plans:
+            typer.echo(p.describe())
+
+
+def _listed(value: str) -> str | list[str]:
+    """``a`` stays a string; ``a,b,c`` becomes a list (one entry per query)."""
+    return [v.strip() for v in value.split(",")] if "," in value else value.strip()
+
+
+def _target(value: str | None) -> str | float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _print_hits(hits: list[list[dict[str, Any]]]) -> None:
@@ -243,6 +276,224 @@ def _print_hits(hits: list[list[dict[str, Any]]]) -> None:
     if not console.is_terminal:  # piped: no terminal width to respect
         console = Console(width=max(console.width, 240))
     console.print(t)
+
+
+# --------------------------------------------------------------- safety
+@app.command("calibrate")
+@_errors
+def calibrate_cmd(
+    labelled: Path = typer.Argument(..., help="Parquet/Arrow file: embedding, modality (text|image), unsafe (bool)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bounds JSON to write."),
+    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the schema key hyperret.curv."),
+    criterion: str = typer.Option("balanced", "--criterion", help="balanced, safe-fpr:X or unsafe-recall:X."),
+    as_json: bool = typer.Option(False, "--json", help="Print the bounds as JSON."),
+) -> None:
+    """Calibrate safety bounds (per-class radius statistics, per-modality thresholds) from labelled embeddings."""
+    from . import lorentz
+    from .safety.bounds import calibrate
+    from .safety.labelled import load_labelled
+
+    data = load_labelled(labelled, curv)
+    b = calibrate(lorentz.radius(data.space, data.curv), data.modality, data.unsafe, curv=data.curv,
+                  criterion=criterion, source=str(labelled))
+    b.save(out)
+    if as_json:
+        _dump(b.to_dict())
+        return
+    for letter, st in b.classes.items():
+        typer.echo(f"class {letter}: n={int(st['count'])} low_05={st['low_05']:.4f} avg={st['avg']:.4f} "
+                   f"up_95={st['up_95']:.4f}")
+    for m, t in b.thresholds.items():
+        typer.echo(f"{m} threshold {t.radius:.4f} ({t.criterion}): balanced accuracy {t.balanced_accuracy:.4f}, "
+                   f"unsafe flagged {t.tpr:.4f}, safe flagged {t.fpr:.4f}")
+    typer.echo(f"wrote {out}")
+
+
+@app.command("classify")
+@_errors
+def classify_cmd(
+    source: Path = typer.Argument(..., help="Parquet/Arrow file with an 'embedding' column."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Use this index's bounds and curvature."),
+    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (instead of --index's)."),
+    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the index's or the file's."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="text or image, when the file has no "
+                                           "'modality' column."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table: .parquet or .json."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per row."),
+) -> None:
+    """Classify embeddings as safe or unsafe by their distance to the origin."""
+    import pyarrow as pa
+
+    from .errors import InvalidInputError
+    from .index import Index
+    from .safety.bounds import Bounds
+    from .safety.classify import classify
+    from .safety.labelled import load_labelled
+
+    b = Bounds.load(bounds) if bounds is not None else None
+    c = curv
+    if index is not None:
+        ix = Index.open(index)
+        b = b or ix.bounds
+        c = c if c is not None else ix.curv
+        if modality is None and ix.modality != "mixed":
+            modality = ix.modality
+    if b is None:
+        raise InvalidInputError("no bounds: pass --bounds FILE or --index DIR built with bounds")
+    if c is None:
+        c = b.curv
+    data = load_labelled(source, c, need_labels=False, modality=modality)
+    res = classify(data.space, b, data.curv, data.modality)
+    table = pa.table({"row": pa.array(range(len(res)), pa.int64()), "modality": res.modality.tolist(),
+                      "radius": res.radius, "unsafe_score": res.score, "unsafe": res.unsafe,
+                      "class": res.cls.tolist()})
+    if out is not None:
+        _write_table(table, out)
+    if as_json:
+        for rec in table.to_pylist():
+            _dump(rec)
+    elif out is None:
+        _print_rows(table)
+    n_unsafe = int(res.unsafe.sum())
+    if not as_json:
+        typer.echo(f"{n_unsafe} of {len(res)} unsafe" + (f"; wrote {out}" if out is not None else ""), err=True)
+
+
+def _write_table(table: Any, out: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from .errors import InvalidInputError
+    from .storage.fsutil import atomic_write_bytes
+
+    if out.suffix == ".parquet":
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    elif out.suffix == ".json":
+        atomic_write_bytes(out, json.dumps(table.to_pylist(), default=_json_default).encode())
+    else:
+        raise InvalidInputError(f"--out must end in .parquet or .json, got {out.name}")
+
+
+def _print_rows(table: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(*table.column_names)
+    for rec in table.to_pylist():
+        t.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in rec.values()))
+    Console().print(t)
+
+
+@app.command("explain")
+@_errors
+def explain_cmd(
+    captions: Path = typer.Argument(..., help="Caption index (text rows) searched for entailing captions."),
+    index: Optional[Path] = typer.Option(None, "--index", help="Index holding the item given by --id."),
+    item: Optional[int] = typer.Option(None, "--id", help="Walk from this item of --index."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy file with one query vector (dim,)."),
+    steps: int = typer.Option(10, "--steps", min=1, help="Interpolation steps from the point to the origin."),
+    column: Optional[str] = typer.Option(None, "--column", help="Caption metadata column to show "
+                                         "(default: caption, text or the first string column)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Walk from an item or a query to the origin, listing the nearest entailing caption at each step."""
+    import numpy as np
+
+    from .errors import InvalidInputError, SourceError
+    from .index import Index
+    from .safety.explain import explain_path
+
+    caps = Index.open(captions)
+    if (item is None) == (vectors is None):
+        raise InvalidInputError("give exactly one of --id (with --index) or --vectors")
+    if item is not None:
+        if index is None:
+            raise InvalidInputError("--id needs --index (the index that holds the item)")
+        src = Index.open(index)
+        if src.curv != caps.curv or src.dim != caps.dim:
+            raise InvalidInputError(f"{index} (dim {src.dim}, curv {src.curv:g}) and {captions} "
+                                    f"(dim {caps.dim}, curv {caps.curv:g}) are not in the same space")
+        point = src.vectors([item])[0]
+    else:
+        try:
+            point = np.load(vectors, allow_pickle=False)
+        except FileNotFoundError:
+            raise SourceError(f"query file {vectors} does not exist") from None
+        except (ValueError, OSError) as e:
+            raise SourceError(f"{vectors} is not a readable .npy file ({e})") from None
+        point = np.asarray(point, dtype=np.float32)
+        if point.ndim == 2 and point.shape[0] == 1:
+            point = point[0]
+        if point.ndim != 1:
+            raise InvalidInputError(f"--vectors must hold one vector, got shape {point.shape}")
+    walk = explain_path(point, caps, steps=steps, column=column)
+    if as_json:
+        _dump(walk)
+        return
+    for st in walk["steps"]:
+        cap = "no caption entails this point" if st["id"] is None else f"entailed by [{st['id']}] {st.get('caption', '')}"
+        near = st.get("nearest")
+        tail = f"; nearest [{near['id']}] {near.get('caption', '')}" if near and near["id"] != st["id"] else ""
+        typer.echo(f"t={st['t']:.2f} radius={st['radius']:.4f}  {cap}{tail}")
+
+
+@app.command("eval")
+@_errors
+def eval_cmd(
+    paired: Path = typer.Argument(..., help="Quadruples: Parquet/Arrow with S,U,V,G (or safe_text, unsafe_text, "
+                                  "safe_image, unsafe_image) embedding columns, or a .npz with those arrays."),
+    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (default: calibrated on the set "
+                                          "itself, and said so)."),
+    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the file's."),
+    redirect_mode: str = typer.Option("geodesic", "--redirect-mode", help="geodesic or hysac."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Evaluate retrieval (R@1/10/20, safety) and unsafe classification on paired embeddings (HySAC protocol)."""
+    from .planner import REDIRECT_MODES
+    from .errors import InvalidInputError
+    from .safety.bounds import Bounds
+    from .safety.evaluate import evaluate, markdown
+    from .safety.labelled import load_paired
+
+    if redirect_mode not in REDIRECT_MODES:
+        raise InvalidInputError(f"unknown redirect mode {redirect_mode!r} (one of: {', '.join(REDIRECT_MODES)})")
+    quads, c = load_paired(paired, curv)
+    b = Bounds.load(bounds) if bounds is not None else None
+    report = evaluate(quads, c, bounds=b, redirect_mode=redirect_mode)
+    md = markdown(report)
+    if out is not None:
+        from .storage.fsutil import atomic_write_bytes
+
+        atomic_write_bytes(out, (md + "\n").encode())
+    if as_json:
+        _dump(report)
+    else:
+        typer.echo(md)
+
+
+@app.command("report")
+@_errors
+def report_cmd(
+    source: Path = typer.Argument(..., help="An index directory, or a labelled embedding file."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
+    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (default: the index's)."),
+    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature of a labelled file."),
+    sample: int = typer.Option(2000, "--sample", min=1, help="Points in the Poincaré-disk view."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Plot the distance-to-origin histogram per class with the thresholds, and a Poincaré-disk view."""
+    from .safety.report import report_from
+
+    summary = report_from(source, out, bounds=bounds, curv=curv, sample=sample)
+    if as_json:
+        _dump(summary)
+    else:
+        typer.echo(f"wrote {summary['out']} ({', '.join(f'{k}: {v}' for k, v in summary['counts'].items())})")
 
 
 # ----------------------------------------------------------------- info

@@ -44,7 +44,7 @@ POLICIES = ("off", "redirect", "filter", "block", "outward")
 REDIRECT_MODES = ("geodesic", "hysac")
 #: Default bounds statistic for the geodesic moves: the safe class's for ``redirect``,
 #: the unsafe class's for ``outward`` (both of the modality being retrieved).
-DEFAULT_TARGET = {"redirect": "avg", "outward": "avg"}
+DEFAULT_TARGET = {"redirect": "low_05", "outward": "avg"}
 
 
 @dataclass

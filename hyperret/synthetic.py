@@ -57,29 +57,39 @@ def make_points(
     spread: float = 0.06,
     concept_noise: float = 0.35,
     intrinsic_dim: int | None = None,
+    unsafe_shift: float = 0.5,
+    modality_gap: float = 0.3,
     seed: int = 0,
     part: int = 0,
+    assign: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LabelledPoints:
     """``n`` labelled points in ``dim`` dimensions, classes drawn uniformly from ``classes``.
 
-    ``intrinsic_dim`` confines the within-concept variation to that many random
-    directions (real embeddings vary along few); ``None`` spreads it over all ``dim``.
+    ``unsafe_shift`` and ``modality_gap`` set how far unsafe content and images lie
+    from their concept's direction (the larger the shift, the more an unsafe query
+    finds unsafe content when searched as it is). ``intrinsic_dim`` confines the
+    within-concept variation to that many random directions (real embeddings vary along few); ``None`` spreads it over all ``dim``.
     ``part`` draws a further batch of the same collection (same concepts, new points),
-    so large collections can be generated in pieces.
+    so large collections can be generated in pieces. ``assign`` = ``(cls, concept)``
+    fixes every point's class and concept instead of drawing them (``n`` is then ignored).
     """
     if n < 0 or dim < 2 or n_concepts < 1:
         raise ValueError("need n >= 0, dim >= 2, n_concepts >= 1")
     rng = np.random.default_rng(seed)
     peaks = {**DEFAULT_PEAKS, **(peaks or {})}
     centres = _unit(rng.standard_normal((n_concepts, dim)))
-    unsafe_shift = _unit(rng.standard_normal((n_concepts, dim)))
-    modality_gap = _unit(rng.standard_normal(dim))
+    shift_dirs = _unit(rng.standard_normal((n_concepts, dim)))
+    gap_dir = _unit(rng.standard_normal(dim))
     basis = _unit(rng.standard_normal((intrinsic_dim, dim))) if intrinsic_dim else None
     if part:
         rng = np.random.default_rng([seed, part])
 
-    cls = np.asarray(classes)[rng.integers(0, len(classes), n)]
-    concept = rng.integers(0, n_concepts, n).astype(np.int64)
+    if assign is None:
+        cls = np.asarray(classes)[rng.integers(0, len(classes), n)]
+        concept = rng.integers(0, n_concepts, n).astype(np.int64)
+    else:
+        cls, concept = np.asarray(assign[0]).astype(str), np.asarray(assign[1], dtype=np.int64)
+        n = len(cls)
     is_unsafe = np.isin(cls, ("U", "G"))
     is_image = np.isin(cls, ("V", "G"))
 
@@ -88,12 +98,26 @@ def make_points(
     else:
         noise = (rng.standard_normal((n, intrinsic_dim)) / np.sqrt(intrinsic_dim)) @ basis
     direction = centres[concept] + concept_noise * noise
-    direction += 0.5 * is_unsafe[:, None] * unsafe_shift[concept]
-    direction += 0.3 * is_image[:, None] * modality_gap
+    direction += unsafe_shift * is_unsafe[:, None] * shift_dirs[concept]
+    direction += modality_gap * is_image[:, None] * gap_dir
     peak = np.array([peaks[c] for c in cls], dtype=np.float64) if n else np.zeros(0)
     r = np.clip(peak + spread * rng.standard_normal(n), 0.05, None) / np.sqrt(curv)
     space = lorentz.point_at_radius(_unit(direction), r, curv).astype(np.float32)
     return LabelledPoints(space=space, cls=cls, concept=concept, curv=float(curv))
+
+
+def make_quadruples(n: int, dim: int = 64, *, curv: float = 1.0, unsafe_shift: float = 1.0,
+                    seed: int = 0, **kw) -> dict[str, np.ndarray]:
+    """``n`` paired quadruples as in ViSU: ``{"S", "U", "V", "G"}`` -> ``(n, dim)`` float32 each.
+
+    Quadruple ``i`` is concept ``i`` seen four ways (safe/unsafe text, safe/unsafe
+    image); further keywords go to :func:`make_points`.
+    """
+    cls = np.repeat(np.array(["S", "U", "V", "G"]), n)
+    concept = np.tile(np.arange(n, dtype=np.int64), 4)
+    pts = make_points(4 * n, dim, curv=curv, n_concepts=max(n, 1), unsafe_shift=unsafe_shift, seed=seed,
+                      assign=(cls, concept), **kw)
+    return {c: pts.space[j * n : (j + 1) * n] for j, c in enumerate("SUVG")}
 
 
 def make_queries(points: LabelledPoints, m: int, *, jitter: float = 0.05, seed: int = 1) -> np.ndarray:
