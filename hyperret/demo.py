@@ -37,23 +37,38 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
     from .cli import _print_hits, build_index
     from .index import Index
 
+    from .safety.bounds import calibrate
+
     out.mkdir(parents=True, exist_ok=True)
-    points = make_points(n, dim, curv=curv, seed=7)
+    points = make_points(n, dim, curv=curv, seed=7, unsafe_shift=1.0)
     src = out / "demo.parquet"
     write_points(points, src)
+    # Safety bounds from a separate labelled calibration set of the same collection.
+    cal = make_points(max(2000, n // 4), dim, curv=curv, seed=7, part=1, unsafe_shift=1.0)
+    bounds = calibrate(lorentz.radius(cal.space, curv), cal.modality, cal.unsafe, curv=curv,
+                       source="demo calibration set")
+    bounds.save(out / "bounds.json")
     ix_dir = out / "index"
     shutil.rmtree(ix_dir, ignore_errors=True)
-    info = build_index(src, ix_dir, preset=preset, curv=None, append=False, quiet=quiet)
+    info = build_index(src, ix_dir, preset=preset, curv=None, append=False, quiet=quiet,
+                       bounds=out / "bounds.json")
     ix = Index.open(ix_dir)
     picks = [int(np.flatnonzero(points.cls == c)[0]) for c in CLASSES]
     queries = points.space[picks]
     res = ix.search(queries, k=5)
     hits = res.to_list(["class", "uri"])
     radii = lorentz.radius(points.space, curv)
+    # One unsafe text query (a fresh one, not in the index) under each safety policy.
+    uq = make_points(1, dim, curv=curv, seed=7, part=2, unsafe_shift=1.0, classes=("U",)).space
+    policies = {}
+    for pol in ("off", "redirect", "filter", "block"):
+        r = ix.search(uq, k=5, policy=pol, modality="text")
+        policies[pol] = {"plan": r.plans[0].describe(), "hits": r.to_list(["class"])[0]}
     report = {
         "index": info,
         "radius_by_class": {c: float(np.median(radii[points.cls == c])) for c in CLASSES},
         "queries": [{"class": c, "id": p, "hits": h} for c, p, h in zip(CLASSES, picks, hits)],
+        "policies": policies,
     }
     if not quiet:
         print(f"\nindexed {info['rows']} HySAC-like points at {ix_dir} "
@@ -62,4 +77,9 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
             f"{CLASS_NAMES[c]} {v:.2f}" for c, v in report["radius_by_class"].items()))
         print("one query per class (the item itself comes first, distance 0):")
         _print_hits(hits)
+        print(f"\nsafety bounds calibrated on {len(cal)} labelled points: " + ", ".join(
+            f"{m} threshold {t.radius:.3f}" for m, t in bounds.thresholds.items()))
+        print("one unsafe text query under each policy (classes of the 5 hits):")
+        for pol, rec in policies.items():
+            print(f"  {pol:9s} {' '.join(h['class'] for h in rec['hits']) or '(none)':12s} {rec['plan']}")
     return report

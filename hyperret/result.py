@@ -52,6 +52,7 @@ class SearchResult:
                 hit = {"id": int(self.ids[i, j]), "distance": float(self.distances[i, j])}
                 if self.unsafe is not None:
                     hit["unsafe"] = bool(self.unsafe[i, j])
-                hits.append({**hit, **meta[i][j]})
+                hit.update((key, v) for key, v in meta[i][j].items() if key not in hit)  # result keys win
+                hits.append(hit)
             out.append(hits)
         return out
