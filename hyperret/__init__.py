@@ -14,12 +14,18 @@ __version__ = "0.1.0"
 from . import errors, lorentz
 from .errors import HyperretError
 from .index import Index
+from .planner import QueryPlan
 from .presets import Preset, list_presets, load_preset
 from .result import SearchResult
+from .safety import Bounds, Classification, calibrate
 
 __all__ = [
     "Index",
     "SearchResult",
+    "QueryPlan",
+    "Bounds",
+    "Classification",
+    "calibrate",
     "Preset",
     "HyperretError",
     "errors",

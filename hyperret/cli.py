@@ -1,4 +1,4 @@
-"""The ``hyperret`` command line: index, search, info, presets, demo.
+"""The ``hyperret`` command line: index, search, calibrate, classify, explain, eval, report, info, presets, demo.
 
 Every command calls the public library; errors a user can cause print one line
 on stderr and exit with code 2.
