@@ -54,13 +54,14 @@ def _sqnorm(v):
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
-def _distance_row(x, q, rq, tq, inv_c, curv):
-    """Stable geodesic distance between row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``).
+def _gap_row(x, q, rq, tq, inv_c):
+    """``(m, |x|^2, |x|^2 - |q|^2, x_t)`` of row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``).
 
-    The formula of :func:`hyperret.lorentz.distance`: non-negative radial and angular
-    terms. The direction difference ``x / rx - q / rq`` is computed as
-    ``(x - q) / r_max - z (rx^2 - rq^2) / (rx rq (rx + rq))`` with ``z`` the point of the
-    smaller norm: exactly 0 for ``x == q``, symmetric, and free of cancellation.
+    ``m = <x - q, x - q>_L >= 0``, the formula of :func:`hyperret.lorentz.distance`:
+    non-negative radial and angular terms. The direction difference ``x / rx - q / rq``
+    is computed as ``(x - q) / r_max - z (rx^2 - rq^2) / (rx rq (rx + rq))`` with ``z``
+    the point of the smaller norm: exactly 0 for ``x == q``, symmetric, and free of
+    cancellation. The other three values serve the entailment-cone test.
     """
     d = x.shape[0]
     rx2 = _sqnorm(x)
@@ -77,8 +78,9 @@ def _distance_row(x, q, rq, tq, inv_c, curv):
     ex = inv_c / (tx + rx)
     eq = inv_c / (tq + rq)
     m = drho * drho * (ex + eq) * (t + p) / (t * t)
-    if rx > 0.0 and rq > 0.0:
-        corr = num / (rx * rq * p)
+    den = rx * rq * p
+    if rx > 0.0 and rq > 0.0 and den > 0.0:  # den: also 0 when the product underflows
+        corr = num / den
         s = 0.0
         if rx >= rq:  # divide by the larger norm, correct with the smaller point: no cancellation
             inv = 1.0 / rx
@@ -93,6 +95,13 @@ def _distance_row(x, q, rq, tq, inv_c, curv):
                 du = (xj - np.float64(q[j])) * inv - xj * corr
                 s += du * du
         m += rx * rq * s
+    return m, rx2, num, tx
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _distance_row(x, q, rq, tq, inv_c, curv):
+    """Stable geodesic distance between row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``)."""
+    m = _gap_row(x, q, rq, tq, inv_c)[0]
     return (2.0 / math.sqrt(curv)) * math.asinh(math.sqrt(curv * m) / 2.0)
 
 

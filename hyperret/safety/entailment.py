@@ -20,52 +20,10 @@ from numba import njit, prange
 
 from .. import parallel
 from ..errors import InvalidInputError, NonFiniteError
-from ..rerank import _FM, ShardSet, _row_view, _sqnorm
+from ..rerank import _FM, ShardSet, _gap_row, _row_view, _sqnorm
 from . import traversal
 
 __all__ = ["entails", "nearest_entailing"]
-
-
-@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
-def _gap_row(x, q, rq, tq, inv_c):
-    """``(m, |x|^2, |x|^2 - |q|^2, x_t)`` of row ``x: (D,)`` float32 and point ``q: (D,)`` (norm ``rq``, time ``tq``).
-
-    ``m = <x - q, x - q>_L >= 0`` computed exactly as inside rerank's ``_distance_row``
-    (non-negative radial and angular terms, no cancellation).
-    """
-    d = x.shape[0]
-    rx2 = _sqnorm(x)
-    num = 0.0  # rx^2 - rq^2, summed per component
-    for j in range(d):
-        xj = np.float64(x[j])
-        qj = np.float64(q[j])
-        num += (xj - qj) * (xj + qj)
-    rx = math.sqrt(rx2)
-    tx = math.sqrt(inv_c + rx2)
-    p = rx + rq
-    t = tx + tq
-    drho = num / p if p > 0.0 else 0.0
-    ex = inv_c / (tx + rx)
-    eq = inv_c / (tq + rq)
-    m = drho * drho * (ex + eq) * (t + p) / (t * t)
-    den = rx * rq * p
-    if rx > 0.0 and rq > 0.0 and den > 0.0:
-        corr = num / den
-        s = 0.0
-        if rx >= rq:
-            inv = 1.0 / rx
-            for j in range(d):
-                qj = np.float64(q[j])
-                du = (np.float64(x[j]) - qj) * inv - qj * corr
-                s += du * du
-        else:
-            inv = 1.0 / rq
-            for j in range(d):
-                xj = np.float64(x[j])
-                du = (xj - np.float64(q[j])) * inv - xj * corr
-                s += du * du
-        m += rx * rq * s
-    return m, rx2, num, tx
 
 
 @njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
