@@ -123,7 +123,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
     """Read ``source`` and build (or append to) the index at ``out``; all or nothing."""
     from .errors import IndexExistsError, InvalidInputError
     from .index import Index
-    from .ingest import Source
+    from .ingest import Source, resolve_curv
     from .safety.bounds import Bounds
 
     src = Source(source, batch_rows=batch_rows)
@@ -132,10 +132,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
     b = Bounds.load(bounds) if bounds is not None else None
     if modality is None and not append:
         modality = _source_modality(src)
-    src_curv = src.curv
-    if curv is not None and src_curv is not None and abs(curv - src_curv) > 1e-9 * max(curv, src_curv):
-        raise InvalidInputError(f"--curv {curv:g} contradicts the source's hyperret.curv {src_curv:g}")
-    c = curv if curv is not None else src_curv
+    c = resolve_curv(curv, src.curv, str(source), required=not append)
     if append:
         ix = Index.open(out, writable=True)
         if c is not None and abs(c - ix.curv) > 1e-9 * ix.curv:
@@ -143,8 +140,6 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
             raise InvalidInputError(f"source curvature {c:g} differs from the index's {ix.curv:g}")
         target = out
     else:
-        if c is None:
-            raise InvalidInputError("curvature unknown: pass --curv or set the schema metadata key hyperret.curv")
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise IndexExistsError(f"{out} already exists (use --append to add to an index)")
         target = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")

@@ -94,12 +94,7 @@ class Index:
         path = Path(path)
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
-        try:
-            curv = float(curv)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"curvature must be a number, got {curv!r}") from None
-        if not np.isfinite(curv) or curv <= 0:
-            raise InvalidInputError(f"curvature must be positive and finite, got {curv}")
+        curv = validate.curvature(curv)
         if modality not in INDEX_MODALITIES:
             raise InvalidInputError(f"unknown modality {modality!r} (one of: {', '.join(INDEX_MODALITIES)})")
         b = as_bounds(bounds)
@@ -469,8 +464,6 @@ class Index:
                         plan.plans[i].candidates = min(kc, n)
                 if len(plan.filtered):
                     self._filtered_search(snap, plan, labels, int(k), kc, rows, dist)
-            for i in plan.blocked:
-                plan.plans[i].candidates = 0
             for p, r in zip(plan.plans, rows):
                 p.returned = int(np.count_nonzero(r >= 0))
             hit_unsafe = None

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import validate
 from .errors import DimensionMismatchError, InvalidInputError, MissingColumnError, SourceError
 
 EMBEDDING = "embedding"
@@ -149,6 +150,19 @@ class Source:
         meta_cols = self.metadata_columns
         meta = pa.Table.from_batches([rb.select(meta_cols)]) if meta_cols else None
         return Batch(vectors=vectors, ids=ids, metadata=meta)
+
+
+def resolve_curv(given: float | None, recorded: float | None, where: str, *, required: bool = True) -> float | None:
+    """The curvature from ``--curv`` or the file's ``hyperret.curv``: a contradiction is an error,
+    and so is neither when ``required``."""
+    if given is not None and recorded is not None and abs(given - recorded) > 1e-9 * max(given, recorded):
+        raise InvalidInputError(f"--curv {given:g} contradicts {where}'s hyperret.curv {recorded:g}")
+    c = given if given is not None else recorded
+    if c is None:
+        if required:
+            raise InvalidInputError(f"curvature unknown for {where}: pass --curv or set the schema key hyperret.curv")
+        return None
+    return validate.curvature(c)
 
 
 def _first_line(e: BaseException) -> str:

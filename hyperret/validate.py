@@ -14,6 +14,17 @@ from .storage.shards import RESERVED_COLUMNS
 NO_ID = -1
 
 
+def curvature(c: Any) -> float:
+    """``c`` of the curvature ``-c`` as a positive finite float."""
+    try:
+        c = float(c)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"curvature must be a number, got {c!r}") from None
+    if not np.isfinite(c) or c <= 0:
+        raise InvalidInputError(f"curvature must be positive and finite, got {c}")
+    return c
+
+
 def vectors(x: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
     """``x`` as a C-contiguous ``(n, dim)`` float32 array of finite values."""
     try:

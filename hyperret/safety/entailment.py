@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import parallel
+from .. import parallel, validate
 from ..errors import InvalidInputError, NonFiniteError
 from ..rerank import _FM, ShardSet, _gap_row, _row_view, _sqnorm
 from . import traversal
@@ -108,10 +108,8 @@ def nearest_entailing(points: np.ndarray, candidates: np.ndarray, shards: ShardS
     float64 geodesic (``inf`` then), ``angle`` the exterior angle at the row and
     ``aperture`` its cone half-aperture, radians (``nan`` then).
     """
-    curv = float(curv)
+    curv = validate.curvature(curv)
     min_radius = float(min_radius)
-    if not math.isfinite(curv) or curv <= 0.0:
-        raise InvalidInputError(f"curvature must be a positive finite number, got {curv!r}")
     if not math.isfinite(min_radius) or min_radius < 0.0:
         raise InvalidInputError(f"min_radius must be a non-negative finite number, got {min_radius!r}")
     p = np.asarray(points)

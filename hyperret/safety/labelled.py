@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InvalidInputError, MissingColumnError, SourceError
-from ..ingest import CURV_KEY, Source
+from ..ingest import CURV_KEY, Source, resolve_curv
 
 PAIRED_NAMES = {"S": "safe_text", "U": "unsafe_text", "V": "safe_image", "G": "unsafe_image"}
 
@@ -38,18 +38,6 @@ class Labelled:
             return np.full(len(self.modality), "?")
         safe = np.where(self.modality == "text", "S", "V")
         return np.where(self.unsafe, np.where(self.modality == "text", "U", "G"), safe)
-
-
-def resolve_curv(given: float | None, recorded: float | None, where: str) -> float:
-    """The curvature from ``--curv`` or the file, refusing a contradiction or neither."""
-    if given is not None and recorded is not None and abs(given - recorded) > 1e-9 * max(given, recorded):
-        raise InvalidInputError(f"--curv {given:g} contradicts {where}'s hyperret.curv {recorded:g}")
-    c = given if given is not None else recorded
-    if c is None:
-        raise InvalidInputError(f"curvature unknown for {where}: pass --curv or set the schema key hyperret.curv")
-    if not np.isfinite(c) or c <= 0:
-        raise InvalidInputError(f"curvature must be positive and finite, got {c}")
-    return float(c)
 
 
 def load_labelled(path: str | Path, curv: float | None = None, *, need_labels: bool = True,

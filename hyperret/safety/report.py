@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import lorentz
+from .. import lorentz, validate
 from ..errors import InvalidInputError
 from .bounds import MODALITY_CLASSES, Bounds
 
@@ -66,7 +66,7 @@ def render_report(
     "up_95", "low_05"}}, "thresholds": {modality: radius}, "sampled": s}`` (NumPy's
     default, linear, percentiles; ``sampled`` is the number of disk points drawn).
     """
-    curv = _check_curv(curv)
+    curv = validate.curvature(curv)
     r = np.asarray(radius, dtype=np.float64)
     lab = _letters(letters, "letters")
     if r.ndim != 1:
@@ -114,16 +114,6 @@ def render_report(
 
 
 # ------------------------------------------------------------------ input
-def _check_curv(curv: float) -> float:
-    try:
-        c = float(curv)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"curvature must be a number, got {curv!r}") from None
-    if not np.isfinite(c) or c <= 0:
-        raise InvalidInputError(f"curvature must be a positive finite number, got {curv!r}")
-    return c
-
-
 def _letters(letters: Any, name: str) -> np.ndarray:
     """Class letters ``(n,)`` -> str array, anything but S/U/V/G folded into ``"?"``."""
     a = np.asarray(letters)
@@ -266,13 +256,14 @@ def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | 
     from ..storage.manifest import MANIFEST_NAME
 
     src = Path(source)
-    b = as_bounds(bounds)
+    override = as_bounds(bounds)
+    b = override
     if src.is_dir() and (src / MANIFEST_NAME).exists():
         from ..index import Index
 
         ix = Index.open(src)
         snap = ix._snap
-        b = b or ix.bounds
+        b = override or ix.bounds
         c = ix.curv
         radius = np.concatenate([s.radius for s in snap.shards]).astype(np.float64) if snap.shards else np.zeros(0)
         mod = snap.row_modality()
@@ -281,7 +272,7 @@ def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | 
                                      for s in snap.shards])
             how = "ground-truth 'unsafe' column"
         else:
-            unsafe = snap.unsafe_rows(b if b is not ix.bounds else None) if b is not None else None
+            unsafe = snap.unsafe_rows(override)  # stored labels unless bounds were given
             how = "the classifier's labels" if unsafe is not None else "unlabelled"
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(radius), size=min(sample, len(radius)), replace=False)) if len(radius) else []
