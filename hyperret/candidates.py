@@ -142,6 +142,16 @@ class CandidateStage:
             _, rows = self.index.search(xq, kc, params=params)
         return rows
 
+    def near_rows(self, rows: np.ndarray, kc: int, shards: ShardSet, ef: int | None = None) -> np.ndarray:
+        """Candidate rows ``(m, kc)`` near stored ``rows: (m,)`` (the row itself may be among them).
+
+        A Lorentz-walked graph starts each walk at the row's own node (``ef``: beam
+        width, default ``kc``); other structures search with the row's vector.
+        """
+        if self.navigates_lorentz:
+            return graph.walk_from_rows(self._current_graph(), rows, shards, self.curv, kc, ef or kc)
+        return self.search(shards.gather(rows), kc, shards)
+
     def _search_params(self, kc: int):
         kind = self._kind()
         if kind == "hnsw":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+import numba
 from numba import njit, prange
 
 from . import parallel
@@ -205,4 +206,81 @@ def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc:
     parallel.run(_search_serial, _search_parallel, q.shape[0],
                  q, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum, graph.levels,
                  graph.entry, graph.max_level, float(curv), max(int(ef), kc), out)
+    return out
+
+
+
+@njit(cache=True, nogil=True)
+def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, stamp, tag, out):
+    """Beam search at level 0 for stored row ``g0`` from its own node; writes the ``len(out)`` best rows.
+
+    A stored row needs no descent from the entry point: its near neighbours are a
+    few links away. ``stamp`` (per thread, ``(n,)`` int32) marks visited nodes with
+    ``tag``, so no ``(n,)`` array is allocated per row when every row is a query.
+    """
+    inv_c = 1.0 / curv
+    q = _row_view(bases, offsets_rows, g0, dim)
+    qt = math.sqrt(inv_c + _sqnorm(q))
+    cap = ef + 1
+    cand_d = np.empty(64 * cap, dtype=np.float64)  # min-heap: frontier
+    cand_i = np.empty(64 * cap, dtype=np.int64)
+    res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
+    res_i = np.empty(cap, dtype=np.int64)
+    d0 = _score(q, qt, q, inv_c)
+    nc = 1
+    nr = 1
+    cand_d[0], cand_i[0], res_d[0], res_i[0] = d0, g0, d0, g0
+    stamp[g0] = tag
+    while nc > 0:
+        d_c, c = cand_d[0], cand_i[0]
+        nc -= 1
+        cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
+        _sift_down(cand_d, cand_i, nc, 1)
+        if nr >= ef and d_c > res_d[0]:
+            break
+        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):
+            nb = neighbors[s]
+            if nb < 0:
+                break
+            if stamp[nb] == tag:
+                continue
+            stamp[nb] = tag
+            d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
+            if nr < ef or d < res_d[0]:
+                if nc < cand_d.shape[0]:
+                    cand_d[nc], cand_i[nc] = d, nb
+                    _sift_up(cand_d, cand_i, nc, 1)
+                    nc += 1
+                res_d[nr], res_i[nr] = d, nb
+                _sift_up(res_d, res_i, nr, -1)
+                nr += 1
+                if nr > ef:
+                    nr -= 1
+                    res_d[0], res_i[0] = res_d[nr], res_i[nr]
+                    _sift_down(res_d, res_i, nr, -1)
+    order = np.argsort(res_d[:nr], kind="mergesort")
+    for j in range(min(out.shape[0], nr)):
+        out[j] = res_i[order[j]]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _walk_rows(rows, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, n, chunks, out):
+    for c in prange(chunks):
+        stamp = np.zeros(n, dtype=np.int32)
+        lo = rows.shape[0] * c // chunks
+        hi = rows.shape[0] * (c + 1) // chunks
+        for i in range(lo, hi):
+            _walk_one(rows[i], dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, stamp, i - lo + 1,
+                      out[i])
+
+
+def walk_from_rows(graph: Graph, rows: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int) -> np.ndarray:
+    """Candidate rows ``(m, kc)`` int64 (``-1`` padded) near stored ``rows: (m,)``, each walk starting at its row."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    out = np.full((len(rows), kc), -1, dtype=np.int64)
+    if len(rows) == 0 or graph.levels.shape[0] == 0:
+        return out
+    _walk_rows(rows, shards.dim, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum,
+               float(curv), max(int(ef), kc), int(graph.levels.shape[0]),
+               min(len(rows), 4 * numba.get_num_threads()), out)
     return out

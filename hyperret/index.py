@@ -12,7 +12,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,9 +33,13 @@ from .safety.bounds import MODALITIES, Bounds, as_bounds
 from .safety.classify import Classification, classify, classify_radius
 from .safety.traversal import HYSAC_ALPHA
 from .snapshot import Snapshot
+from .storage.deletions import DELETIONS_DIR, write_deletions
 from .storage.fsutil import WriterLock, fsync_dir, fsync_file, sha256_file
 from .storage.manifest import MANIFEST_NAME, CandidateEntry, FileEntry, Manifest, new_manifest, write_manifest
 from .storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
+
+if TYPE_CHECKING:
+    from .dedup import DedupResult
 
 CANDIDATE_DIR = "faiss"
 INDEX_MODALITIES = ("image", "text", "mixed")
@@ -64,9 +68,11 @@ class Index:
         self._pending_bytes = 0
         self._pending_files: list[FileEntry] = []
         self._pending_ids: list[np.ndarray] = []
+        self._pending_deletes = np.zeros(0, dtype=np.int64)  # global rows of the snapshot, sorted
+        self._manifest_changes: dict[str, Any] = {}  # e.g. the dedup record, for the next commit
         self._next_id = snapshot.manifest.next_id
         #: Called with a step name during commit ("shards_written", "candidates_written",
-        #: "committed"): a seam for fault-injection tests and instrumentation.
+        #: "deletions_written", "committed"): a seam for fault-injection tests and instrumentation.
         self.on_commit_step: StepHook | None = None
         self._bounds: tuple[dict[str, Any], Bounds] | None = None
 
@@ -199,7 +205,7 @@ class Index:
         return self._bounds[1]
 
     def __len__(self) -> int:
-        return self._snap.rows
+        return self._snap.live
 
     def __repr__(self) -> str:
         mode = "writable" if self.writable else "read-only"
@@ -243,6 +249,8 @@ class Index:
             self._pending_ids.clear()
             self._pending_bytes = 0
             self._pending_files.clear()  # their files are collected as garbage
+            self._pending_deletes = np.zeros(0, dtype=np.int64)
+            self._manifest_changes = {}
             self._next_id = self.manifest.next_id
         if self.writable:
             self._collect_garbage()
@@ -252,8 +260,44 @@ class Index:
         """Rows added but not yet committed."""
         return sum(len(i) for i in self._pending_ids)
 
+    @property
+    def pending_deletes(self) -> int:
+        """Committed rows marked for deletion by the next :meth:`commit`."""
+        return len(self._pending_deletes)
+
+    # --------------------------------------------------------------- delete
+    def delete(self, ids: Any, *, missing_ok: bool = False) -> int:
+        """Mark committed rows for deletion by the next :meth:`commit`; returns how many were marked.
+
+        ``ids``: ``(n,)`` integers. An id not in the committed snapshot is an error
+        unless ``missing_ok`` (then it is ignored); rows added since the last commit
+        cannot be deleted before they are committed (:meth:`rollback` drops them).
+        Until the commit, readers and this handle's searches still see the rows; the
+        commit writes a new deletion file and swaps the manifest in atomically.
+        A deleted id may be added again (in the same commit or later).
+        """
+        self._require_writable()
+        arr = np.atleast_1d(np.asarray(ids))
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise InvalidInputError(f"ids to delete must be a 1-D array of integers, got {arr.dtype} {arr.shape}")
+        arr = arr.astype(np.int64)
+        with self._mutex:
+            rows = self._snap.rows_of(arr)
+            missing = arr[rows < 0]
+            if len(missing) and not missing_ok:
+                pend = np.concatenate(self._pending_ids) if self._pending_ids else np.zeros(0, np.int64)
+                why = "was added but is not committed yet" if np.isin(missing[0], pend) else "is not in the index"
+                raise InvalidInputError(f"cannot delete id {int(missing[0])}: it {why}")
+            rows = np.unique(rows[rows >= 0])
+            before = len(self._pending_deletes)
+            self._pending_deletes = np.union1d(self._pending_deletes, rows)
+            return len(self._pending_deletes) - before
+
     def _check_new_ids(self, new_ids: np.ndarray) -> None:
-        clash = new_ids[self._snap.rows_of(new_ids) >= 0]
+        rows = self._snap.rows_of(new_ids)
+        if len(self._pending_deletes):  # an id being deleted in this commit may come back
+            rows = np.where(np.isin(rows, self._pending_deletes), -1, rows)
+        clash = new_ids[rows >= 0]
         if len(clash):
             raise DuplicateIdError(f"id {int(clash[0])} is already in the index")
         for prev in self._pending_ids:
@@ -329,7 +373,7 @@ class Index:
         """
         self._require_writable()
         with self._mutex:
-            if not self._pending and not self._pending_files:
+            if not (self._pending or self._pending_files or len(self._pending_deletes) or self._manifest_changes):
                 return self.version
             self._spill()  # durable but unreferenced: searches go on meanwhile
             with self._rw.write():
@@ -343,27 +387,43 @@ class Index:
                     if self._snap.manifest.version != old.manifest.version:
                         self._pending_files.clear()
                         self._pending_ids.clear()
+                        self._pending_deletes = np.zeros(0, dtype=np.int64)
                     raise
             self._pending_files.clear()
             self._pending_ids.clear()
+            self._pending_deletes = np.zeros(0, dtype=np.int64)
+            self._manifest_changes = {}
         self._collect_garbage()
         return self.version
 
     def _commit_locked(self, old: Snapshot, progress: Progress | None) -> Snapshot:
         new_shards = [Shard.open(self.path, e, self.dim) for e in self._pending_files]
-        fsync_dir(self.path / SHARD_DIR)
+        if new_shards:
+            fsync_dir(self.path / SHARD_DIR)
         self._step("shards_written")
         shards = old.shards + new_shards
         spaces_new = [s.space for s in new_shards]
         stage = old.stage
-        if stage is None or not stage.try_extend(spaces_new, progress):
-            if progress is not None and stage is not None:
-                progress(-stage.rows)  # rebuilding: rows counted again
-            stage = CandidateStage.build(
-                Preset.from_dict(old.manifest.preset), [s.space for s in shards], self.dim, self.curv, progress
-            )
-        cand = self._write_candidates(stage)
+        cand = old.manifest.candidates
+        if new_shards:
+            if stage is None or not stage.try_extend(spaces_new, progress):
+                if progress is not None and stage is not None:
+                    progress(-stage.rows)  # rebuilding: rows counted again
+                stage = CandidateStage.build(
+                    Preset.from_dict(old.manifest.preset), [s.space for s in shards], self.dim, self.curv, progress
+                )
+            cand = self._write_candidates(stage)
         self._step("candidates_written")
+        deletions, deleted = old.manifest.deletions, old.deleted
+        if len(self._pending_deletes):
+            rows = self._pending_deletes if old.deleted is None else np.union1d(np.flatnonzero(old.deleted),
+                                                                                  self._pending_deletes)
+            deletions = write_deletions(self.path, rows, tag=f"v{self.version + 1:06d}")
+            deleted = np.zeros(old.rows, dtype=np.bool_)
+            deleted[rows] = True
+            self._step("deletions_written")
+        if deleted is not None and len(deleted) < old.rows + sum(len(s) for s in new_shards):
+            deleted = np.concatenate([deleted, np.zeros(sum(len(s) for s in new_shards), np.bool_)])
         meta_cols = dict(old.manifest.metadata_columns)
         for s in new_shards:
             for f in s.table.schema:
@@ -371,11 +431,12 @@ class Index:
                     meta_cols[f.name] = str(f.type)
         manifest = old.manifest.committed(
             shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,
-            metadata_columns=meta_cols,
+            metadata_columns=meta_cols, deletions=deletions, **self._manifest_changes,
         )
         write_manifest(self.path, manifest)
         self._step("committed")
-        return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage)
+        return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage,
+                        deleted=deleted)
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
         rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
@@ -397,7 +458,7 @@ class Index:
     def _collect_garbage(self) -> None:
         """Remove files no committed snapshot or pending write references (writer only)."""
         keep = set(self.manifest.files()) | {e.file for e in self._pending_files}
-        for sub in (SHARD_DIR, CANDIDATE_DIR):
+        for sub in (SHARD_DIR, CANDIDATE_DIR, DELETIONS_DIR):
             d = self.path / sub
             if d.is_dir():
                 for f in d.iterdir():
@@ -420,6 +481,7 @@ class Index:
         allow_unsafe: bool = False,
         alpha: float = HYSAC_ALPHA,
         target: str | float | None = None,
+        dedup: bool | float = False,
     ) -> SearchResult:
         """The ``k`` nearest rows of each query ``(m, dim)`` by exact geodesic distance, under a safety policy.
 
@@ -432,6 +494,11 @@ class Index:
         ``bounds``: override the index's bounds for this call. ``allow_unsafe``:
         required for ``outward``. ``candidates`` overrides how many rows the
         candidate stage proposes for the exact rerank (default from the preset).
+        ``dedup``: collapse near-duplicates among each query's hits, keeping the
+        nearest (a hit within the radius of a nearer kept hit is dropped, and more
+        are fetched to fill ``k``). ``True`` uses the radius of the index's last
+        applied :meth:`dedup` (else ``hyperret.dedup.DEFAULT_SEARCH_RADIUS``); a
+        number is the radius itself.
         The result's ``.unsafe`` labels every hit (when bounds are known) and
         ``.plans`` says what happened to each query.
         """
@@ -439,6 +506,7 @@ class Index:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         override = as_bounds(bounds)
+        dedup_radius = self._search_dedup_radius(dedup)
         with self._rw.read():
             snap = self._snap
             b = override if override is not None else self.bounds
@@ -446,24 +514,13 @@ class Index:
                              bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
                              target=target)
             labels = snap.unsafe_rows(override) if b is not None else None
-            m, n = len(q), snap.rows
-            rows = np.full((m, k), -1, np.int64)
-            dist = np.full((m, k), np.inf)
-            exact = True
-            if snap.stage is not None and n:
-                preset = snap.stage.preset
-                kc = candidates if candidates is not None else preset.candidates_for(k)
-                if kc < k:
-                    raise InvalidInputError(f"candidates ({kc}) must be at least k ({k})")
-                exact = snap.stage.is_exhaustive
-                sel = plan.plain
-                if len(sel):
-                    cand = snap.stage.search(plan.queries[sel], min(kc, n), snap.shardset)
-                    rows[sel], dist[sel] = rerank(plan.queries[sel], cand, snap.shardset, self.curv, int(k))
-                    for i in sel:
-                        plan.plans[i].candidates = min(kc, n)
-                if len(plan.filtered):
-                    self._filtered_search(snap, plan, labels, int(k), kc, rows, dist)
+            if candidates is not None and candidates < k:
+                raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
+            if dedup_radius is None:
+                rows, dist = self._ranked(snap, plan, labels, int(k), candidates)
+            else:
+                rows, dist = self._deduplicated(snap, plan, labels, int(k), candidates, dedup_radius)
+            exact = snap.stage.is_exhaustive if snap.stage is not None else True
             for p, r in zip(plan.plans, rows):
                 p.returned = int(np.count_nonzero(r >= 0))
             hit_unsafe = None
@@ -474,24 +531,89 @@ class Index:
             unsafe=hit_unsafe, plans=plan.plans,
         )
 
-    def _filtered_search(self, snap: Snapshot, plan: Plan, labels: np.ndarray, k: int, kc: int,
-                         rows: np.ndarray, dist: np.ndarray) -> None:
-        """Rerank without unsafe rows, asking the candidate stage for more until ``k`` safe hits or all rows."""
+    def _ranked(self, snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int,
+                candidates: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The exact top ``k`` rows and distances ``(m, k)`` of each planned query (blocked: none)."""
+        m, n = len(plan.queries), snap.rows
+        rows = np.full((m, k), -1, np.int64)
+        dist = np.full((m, k), np.inf)
+        if snap.stage is None or not n:
+            return rows, dist
+        kc = candidates if candidates is not None else snap.stage.preset.candidates_for(k)
+        kc = max(kc, k)
+        sel = plan.plain
+        if len(sel) and snap.deleted is None:
+            cand = snap.stage.search(plan.queries[sel], min(kc, n), snap.shardset)
+            rows[sel], dist[sel] = rerank(plan.queries[sel], cand, snap.shardset, self.curv, k)
+            for i in sel:
+                plan.plans[i].candidates = min(kc, n)
+        elif len(sel):
+            self._refill_search(snap, plan, sel, snap.deleted, k, kc, rows, dist)
+        if len(plan.filtered):
+            self._refill_search(snap, plan, plan.filtered, snap.skip_codes(labels), k, kc, rows, dist,
+                                filtered=True)
+        return rows, dist
+
+    def _deduplicated(self, snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int,
+                      candidates: int | None, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` with near-duplicates collapsed: rank ``k2 > k`` hits, collapse, widen ``k2`` where short."""
+        from .dedup import collapse
+
+        m = len(plan.queries)
+        rows = np.full((m, k), -1, np.int64)
+        dist = np.full((m, k), np.inf)
+        todo = np.arange(m)
+        k2 = min(2 * k, max(snap.rows, 1))
+        while len(todo):
+            sub = plan.subset(todo)
+            r2, d2 = self._ranked(snap, sub, labels, k2, None if candidates is None else max(candidates, k2))
+            r, d, gone = collapse(r2, d2, snap.shardset, self.curv, radius, k)
+            rows[todo], dist[todo] = r, d
+            for p, g in zip(sub.plans, gone):
+                p.collapsed = int(g)
+            # Short of k while the ranked list was full: more rows exist behind the collapsed ones.
+            short = (r[:, k - 1] < 0) & (r2[:, k2 - 1] >= 0)
+            if k2 >= snap.rows or not short.any():
+                break
+            todo, k2 = todo[short], min(snap.rows, k2 * 4)
+        return rows, dist
+
+    def _search_dedup_radius(self, dedup: bool | float) -> float | None:
+        if dedup is False or dedup is None:
+            return None
+        if dedup is True:
+            from .dedup import DEFAULT_SEARCH_RADIUS
+
+            rec = self.manifest.dedup
+            return float(rec["radius"]) if rec and "radius" in rec else DEFAULT_SEARCH_RADIUS
+        try:
+            r = float(dedup)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"dedup must be True, False or a radius, got {dedup!r}") from None
+        if not np.isfinite(r) or r < 0:
+            raise InvalidInputError(f"dedup radius must be a finite number >= 0, got {dedup!r}")
+        return r
+
+    def _refill_search(self, snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray, k: int, kc: int,
+                       rows: np.ndarray, dist: np.ndarray, filtered: bool = False) -> None:
+        """Rerank leaving ``skip`` rows out (unsafe: 1, deleted: 2), asking the candidate stage for more
+        until ``k`` hits or every row was seen."""
         n = snap.rows
-        todo = plan.filtered
         kc = min(kc, n)
         rounds = 0
         while len(todo):
             skipped = np.zeros(len(todo), dtype=np.int64)
             cand = snap.stage.search(plan.queries[todo], kc, snap.shardset)
-            r, d = rerank(plan.queries[todo], cand, snap.shardset, self.curv, k, skip=labels, skipped=skipped)
+            r, d = rerank(plan.queries[todo], cand, snap.shardset, self.curv, k, skip=skip, skipped=skipped)
             rows[todo], dist[todo] = r, d
             for j, i in enumerate(todo):
                 p = plan.plans[i]
-                p.candidates, p.refills, p.unsafe_skipped = kc, rounds, int(skipped[j])
+                p.candidates, p.refills = kc, rounds
+                if filtered:
+                    p.unsafe_skipped = int(skipped[j])
             short = r[:, k - 1] < 0
             if kc >= n or not short.any():
-                for j in np.flatnonzero(short):
+                for j in np.flatnonzero(short) if filtered else ():
                     plan.plans[todo[j]].reason += f" (only {int(np.count_nonzero(r[j] >= 0))} safe rows exist)"
                 break
             todo = todo[short]
@@ -506,6 +628,68 @@ class Index:
         if b is None:
             raise InvalidInputError("no safety bounds: build the index with bounds (--bounds) or pass bounds=")
         return classify(x, b, self.curv, modality)
+
+    # ---------------------------------------------------------------- dedup
+    def dedup(
+        self,
+        radius: float | None = None,
+        *,
+        unsafe_only: bool = False,
+        auto: bool = False,
+        grouping: str = "components",
+        keep: str = "centre",
+        apply: bool = False,
+        method: str = "cells",
+        candidates: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> "DedupResult":
+        """Groups of exact and near-duplicate rows; with ``apply``, delete all but one of each group.
+
+        ``radius``: geodesic distance within which two rows are near copies (or
+        ``auto=True``: picked from a gap in the nearest-neighbour distances; the
+        result's ``summary["auto"]`` says what and why). Exact copies share a content
+        hash (the ``sha256`` column when the index has one, else the vector's bytes).
+        ``unsafe_only``: only rows the index's bounds label unsafe. ``grouping``:
+        ``components`` (connected components: may chain) or ``star`` (every member
+        within ``radius`` of its representative). ``keep``: the representative rule,
+        ``centre`` (nearest the group's Lorentzian centroid), ``lowest-id``,
+        ``min:COLUMN`` or ``max:COLUMN``; ties by lowest id. ``apply`` (writer only)
+        deletes every non-representative and commits; the previous snapshot stays
+        whole until that commit. ``method``: ``cells`` (default; an exact join that
+        finds every pair within the radius) or ``stage`` (each row's neighbours from
+        the index's candidate stage, ``candidates`` of them, doubled where the radius
+        holds them all; as complete as the stage's recall). Returns a
+        :class:`~hyperret.dedup.DedupResult`.
+        """
+        from .dedup import DEFAULT_CANDIDATES, dedup
+
+        if apply:
+            self._require_writable()
+            if self.pending or self.pending_deletes:
+                raise InvalidInputError("the index has uncommitted changes: commit or roll back before dedup --apply")
+        with self._rw.read():
+            snap = self._snap
+            labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
+            result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
+                           grouping=grouping, keep=keep, method=method,
+                           candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
+        if apply:
+            ids = result.to_delete
+            s = result.summary
+            record = {k: s[k] for k in ("radius", "radius_source", "method", "grouping", "keep", "unsafe_only", "groups",
+                                        "to_delete")}
+            record["version"] = snap.manifest.version
+            with self._mutex:
+                if self._snap is not snap:
+                    raise InvalidInputError("the index changed during dedup; run it again")
+                if len(ids):
+                    self.delete(ids)
+                self._manifest_changes["dedup"] = record
+            result.summary["applied_version"] = self.commit()
+            result.summary["applied"] = True
+        else:
+            result.summary["applied"] = False
+        return result
 
     # ---------------------------------------------------------------- reads
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
@@ -553,6 +737,7 @@ class Index:
             "version": m.version,
             "format_version": m.format_version,
             "rows": m.rows,
+            "deleted_rows": m.deleted_rows,
             "dim": m.dim,
             "curv": m.curv,
             "geometry": m.geometry,

@@ -113,6 +113,22 @@ def point_at_radius(x: np.ndarray, r: np.ndarray | float, curv: float) -> np.nda
     return (scale * unit).astype(_float_dtype(x), copy=False)
 
 
+def step(x: np.ndarray, u: np.ndarray, dist: np.ndarray | float, curv: float) -> np.ndarray:
+    """Move ``x: (..., D)`` a geodesic distance ``dist`` (``(...)`` or scalar) toward direction ``u: (..., D)``.
+
+    ``u`` is made a tangent vector at ``x`` (time part ``<x_s, u>/x_t``), normalised
+    in the Lorentz norm; the exponential map at ``x`` gives the new space components.
+    """
+    c = _check_curv(curv)
+    x, u = _f64(x), _f64(u)
+    xt = time_component(x, c)
+    ut = np.sum(x * u, axis=-1) / xt
+    norm = np.sqrt(np.maximum(np.sum(u * u, axis=-1) - ut * ut, 1e-300))
+    sc = np.sqrt(c)
+    d = np.asarray(dist, dtype=np.float64)
+    return np.cosh(sc * d)[..., None] * x + (np.sinh(sc * d) / (sc * norm))[..., None] * u
+
+
 def _minkowski_gap(x: np.ndarray, y: np.ndarray, curv: float) -> np.ndarray:
     """Squared Minkowski norm ``m = <x - y, x - y>_L >= 0`` of broadcast ``(..., D)`` float64 pairs.
 

@@ -67,6 +67,7 @@ class QueryPlan:
     candidates: int = 0  # candidate rows the rerank saw (last round)
     refills: int = 0  # extra candidate rounds the filter needed
     unsafe_skipped: int = 0  # unsafe candidate rows the filter left out (last round)
+    collapsed: int = 0  # near-duplicate hits dropped by search-time dedup
     returned: int = 0
     reason: str = ""
 
@@ -90,6 +91,18 @@ class Plan:
     plain: np.ndarray  # shape: (a,) int64, queries searched normally
     filtered: np.ndarray  # shape: (b,) int64, queries searched with unsafe rows left out
     blocked: np.ndarray  # shape: (c,) int64, queries given no results
+
+    def subset(self, sel: np.ndarray) -> "Plan":
+        """The plan of queries ``sel: (s,)`` alone (their QueryPlans are shared, not copied)."""
+        pos = np.full(len(self.plans), -1, dtype=np.int64)
+        pos[sel] = np.arange(len(sel))
+
+        def part(a: np.ndarray) -> np.ndarray:
+            p = pos[a]
+            return np.sort(p[p >= 0])
+
+        return Plan(self.queries[sel], [self.plans[i] for i in sel], part(self.plain), part(self.filtered),
+                    part(self.blocked))
 
 
 def per_query(value: Any, m: int, name: str, allowed: Sequence[str]) -> list[str]:

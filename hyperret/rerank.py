@@ -117,7 +117,8 @@ def _rerank_one(q, cand_row, offsets, bases, curv, skip, out_rows, out_dist):
     """Exact top ``len(out_rows)`` of one query among its candidate rows (in place).
 
     ``skip``: per global row, True to leave the row out (empty: keep every row).
-    Returns how many distinct candidate rows were left out.
+    Returns how many distinct candidate rows with ``skip == 1`` were left out (a
+    ``uint8`` mask may mark rows ``2``: left out, not counted).
     """
     kc = cand_row.shape[0]
     k = out_rows.shape[0]
@@ -134,7 +135,8 @@ def _rerank_one(q, cand_row, offsets, bases, curv, skip, out_rows, out_dist):
         if g < 0 or g >= total or (j > 0 and rows[j - 1] == g):
             continue
         if skip.shape[0] > 0 and skip[g]:
-            skipped += 1
+            if skip[g] == 1:  # codes > 1 (deleted rows) are left out uncounted
+                skipped += 1
             continue
         x = _row_view(bases, offsets, g, dim)
         dist[j] = _distance_row(x, q, rq, tq, inv_c, curv)
@@ -188,6 +190,16 @@ class ShardSet:
     def rows(self) -> int:
         return int(self.offsets[-1])
 
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Space components of global ``rows: (m,)`` (all valid) -> ``(m, dim)`` float32 (a copy)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        s = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(s):
+            sel = s == i
+            out[sel] = self.arrays[i][rows[sel] - self.offsets[i]]
+        return out
+
     def row(self, g: int) -> np.ndarray:
         """Space components of global row ``g`` -> ``(dim,)`` float32 (a view)."""
         s = int(np.searchsorted(self.offsets, g, side="right") - 1)
@@ -202,9 +214,10 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
     """Exact top ``k`` among ``candidates: (m, kc)`` rows for ``queries: (m, D)`` float32.
 
     Returns ``(rows (m, k) int64, distances (m, k) float64)``; ``-1`` / ``inf`` pad
-    queries with fewer than ``k`` valid candidates. ``skip: (n,)`` bool per global
-    row leaves rows out (the safety filter); ``skipped: (m,)`` int64, if given,
-    receives how many candidate rows each query left out.
+    queries with fewer than ``k`` valid candidates. ``skip: (n,)`` bool or uint8 per
+    global row leaves non-zero rows out (the safety filter, deleted rows);
+    ``skipped: (m,)`` int64, if given, receives how many candidate rows marked
+    ``True``/``1`` each query left out (``2``, a deleted row, is not counted).
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     c = np.ascontiguousarray(candidates, dtype=np.int64)
@@ -212,7 +225,9 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: 
         return np.full((q.shape[0], k), -1, np.int64), np.full((q.shape[0], k), np.inf)
     if q.shape[1] != shards.dim:
         raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {shards.dim}")
-    sk = _NO_SKIP if skip is None else np.ascontiguousarray(skip, dtype=np.bool_)
+    sk = _NO_SKIP if skip is None else np.ascontiguousarray(skip)
+    if sk.dtype not in (np.bool_, np.uint8):
+        sk = sk.astype(np.bool_)
     if len(sk) and len(sk) != shards.rows:
         raise ValueError(f"skip mask of {len(sk)} rows for {shards.rows} rows")
     out_rows = np.full((q.shape[0], k), -1, dtype=np.int64)

@@ -13,6 +13,7 @@ from .candidates import CandidateStage
 from .errors import IndexCorruptError
 from .presets import Preset
 from .rerank import ShardSet
+from .storage.deletions import read_deletions
 from .storage.fsutil import sha256_file
 from .storage.manifest import Manifest, read_manifest
 from .storage.shards import CORE_COLUMNS, Shard
@@ -29,8 +30,11 @@ class Snapshot:
     shards: list[Shard]
     shardset: ShardSet
     stage: CandidateStage | None
+    #: Per stored row, True where the row was deleted; ``None`` when nothing was.
+    deleted: np.ndarray | None = None
     _id_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _labels: dict[int, tuple[Any, np.ndarray]] = field(default_factory=dict, repr=False)
+    _skip: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: Path, *, writable: bool = False) -> "Snapshot":
@@ -55,16 +59,31 @@ class Snapshot:
                 manifest.dim, manifest.curv, c.trained_rows, spaces=[s.space for s in shards],
                 writable=writable,
             )
-            if stage.rows != manifest.rows:
+            if stage.rows != manifest.stored_rows:
                 raise IndexCorruptError(
-                    f"candidate structure covers {stage.rows} rows, the snapshot has {manifest.rows}"
+                    f"candidate structure covers {stage.rows} rows, the snapshot has {manifest.stored_rows}"
                 )
         shardset = ShardSet([s.space for s in shards], manifest.dim)
-        return cls(path=path, manifest=manifest, shards=shards, shardset=shardset, stage=stage)
+        deleted = None
+        if manifest.deletions is not None:
+            deleted = read_deletions(path, manifest.deletions, shardset.rows)
+        return cls(path=path, manifest=manifest, shards=shards, shardset=shardset, stage=stage, deleted=deleted)
 
     @property
     def rows(self) -> int:
+        """Stored rows, deleted ones included: the range of global row numbers."""
         return self.shardset.rows
+
+    @property
+    def live(self) -> int:
+        """Rows not deleted: the snapshot's size."""
+        return self.rows - (int(self.deleted.sum()) if self.deleted is not None else 0)
+
+    def live_rows(self) -> np.ndarray:
+        """Global numbers of the rows not deleted, ascending -> ``(live,)`` int64."""
+        if self.deleted is None:
+            return np.arange(self.rows, dtype=np.int64)
+        return np.flatnonzero(~self.deleted).astype(np.int64)
 
     # ------------------------------------------------------------ row lookups
     def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,18 +138,38 @@ class Snapshot:
         self._labels[key] = (bounds, labels)
         return labels
 
-    def all_ids(self) -> np.ndarray:
-        """Every id, in row order -> ``(n,)`` int64."""
+    def stored_ids(self) -> np.ndarray:
+        """Id of every stored row, deleted ones included, in row order -> ``(rows,)`` int64."""
         if not self.shards:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([s.ids for s in self.shards])
 
+    def skip_codes(self, labels: np.ndarray) -> np.ndarray:
+        """The rerank's skip mask for a filtered search -> ``(rows,)``: unsafe ``1``, deleted ``2``, else ``0``.
+
+        Without deletions this is ``labels`` itself (bool); the last mask is cached.
+        """
+        if self.deleted is None:
+            return labels
+        if self._skip is not None and self._skip[0] is labels:
+            return self._skip[1]
+        codes = labels.astype(np.uint8)
+        codes[self.deleted] = 2
+        self._skip = (labels, codes)
+        return codes
+
+    def all_ids(self) -> np.ndarray:
+        """Every id of the snapshot (deleted rows left out), in row order -> ``(live,)`` int64."""
+        ids = self.stored_ids()
+        return ids if self.deleted is None else ids[~self.deleted]
+
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Global rows of ``ids: (n,)``; ``-1`` for ids not in the snapshot."""
+        """Global rows of ``ids: (n,)``; ``-1`` for ids not in the snapshot (or deleted)."""
         if self._id_lookup is None:
-            all_ids = self.all_ids()
+            live = self.live_rows()
+            all_ids = self.stored_ids()[live]
             order = np.argsort(all_ids, kind="stable")
-            self._id_lookup = (all_ids[order], order.astype(np.int64))
+            self._id_lookup = (all_ids[order], live[order])
         sorted_ids, order = self._id_lookup
         ids = np.asarray(ids, dtype=np.int64)
         if len(sorted_ids) == 0:

@@ -131,3 +131,42 @@ def make_queries(points: LabelledPoints, m: int, *, jitter: float = 0.05, seed: 
 
 def _unit(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class DuplicateSet:
+    """Points with injected near-duplicate groups."""
+
+    space: np.ndarray  # shape: (n, dim) float32
+    group: np.ndarray  # shape: (n,) int64, injected group of each point, -1 for none
+    offset: np.ndarray  # shape: (n,) float64, geodesic distance asked from the group's base (0 for the base)
+    curv: float
+
+
+def make_duplicates(n: int, dim: int, *, curv: float = 1.0, groups: int = 100, sizes: tuple[int, int] = (2, 6),
+                    distances: tuple[float, float] = (1e-4, 1e-2), radii: tuple[float, float] = (0.5, 5.0),
+                    base: np.ndarray | None = None, seed: int = 0) -> DuplicateSet:
+    """``n`` points (random directions at radii uniform in ``radii``, or ``base``) with ``groups`` injected
+    near-duplicate groups: a base point and copies at geodesic distances log-uniform in ``distances``."""
+    rng = np.random.default_rng(seed)
+    if base is None:
+        r = rng.uniform(radii[0], radii[1], n)
+        base = lorentz.point_at_radius(_unit(rng.standard_normal((n, dim))), r, curv)
+    x = np.asarray(base, dtype=np.float64).copy()
+    group = np.full(len(x), -1, dtype=np.int64)
+    offset = np.zeros(len(x))
+    size = rng.integers(sizes[0], sizes[1] + 1, groups)
+    if size.sum() > len(x):
+        raise ValueError(f"{int(size.sum())} group members do not fit in {len(x)} points")
+    rows = rng.permutation(len(x))[: int(size.sum())]
+    at = 0
+    for g, s in enumerate(size):
+        members = rows[at : at + s]
+        at += s
+        b = members[0]
+        d = np.exp(rng.uniform(np.log(distances[0]), np.log(distances[1]), s - 1))
+        x[members[1:]] = lorentz.step(np.broadcast_to(x[b], (s - 1, x.shape[1])),
+                                      rng.standard_normal((s - 1, x.shape[1])), d, curv)
+        group[members] = g
+        offset[members[1:]] = d
+    return DuplicateSet(x.astype(np.float32), group, offset, curv)

@@ -68,6 +68,8 @@ def explain_path(point: np.ndarray, captions: "Index", *, steps: int = 10, colum
         kc = min(candidates, n)
         while len(todo):
             cand = snap.stage.search(pts32[todo], kc, snap.shardset)
+            if snap.deleted is not None:  # deleted rows are not in the snapshot
+                cand = np.where((cand >= 0) & snap.deleted[np.maximum(cand, 0)], -1, cand)
             if kc == min(candidates, n):
                 near_rows, near_dist = rerank(pts32, cand, snap.shardset, captions.curv, 1)
             r, d, a, ap = nearest_entailing(pts[todo], cand, snap.shardset, captions.curv, min_radius)

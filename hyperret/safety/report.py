@@ -274,9 +274,12 @@ def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | 
         else:
             unsafe = snap.unsafe_rows(override)  # stored labels unless bounds were given
             how = "the classifier's labels" if unsafe is not None else "unlabelled"
+        live = snap.live_rows()  # deleted rows are not in the snapshot
+        radius, mod = radius[live], mod[live]
+        unsafe = unsafe[live] if unsafe is not None else None
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(len(radius), size=min(sample, len(radius)), replace=False)) if len(radius) else []
-        space = np.stack([snap.shardset.row(int(g)) for g in pick]) if len(pick) else None
+        space = np.stack([snap.shardset.row(int(live[g])) for g in pick]) if len(pick) else None
         title = f"{src.name}: {len(radius)} rows, classes from {how}"
     else:
         from ..safety.labelled import load_labelled

@@ -17,7 +17,7 @@ from ..errors import FormatVersionError, IndexCorruptError, IndexNotFoundError
 from .fsutil import atomic_write_bytes
 
 FORMAT_NAME = "hyperret.index"
-FORMAT_VERSION = 2  # 2: safety bounds and collection modality
+FORMAT_VERSION = 3  # 2: safety bounds and collection modality; 3: deletion files, dedup record
 MANIFEST_NAME = "manifest.json"
 
 
@@ -61,20 +61,34 @@ class Manifest:
     metadata_columns: dict[str, str] = field(default_factory=dict)  # name -> Arrow type string
     modality: str = "image"  # what the rows are: image, text, or mixed (a per-row modality column)
     bounds: dict[str, Any] | None = None  # safety bounds (hyperret.safety.Bounds.to_dict) in force
+    deletions: FileEntry | None = None  # the deleted rows of this snapshot (hyperret.storage.deletions)
+    dedup: dict[str, Any] | None = None  # the last applied deduplication (radius, grouping, counts)
     created_at: str = ""
     committed_at: str = ""
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
     @property
-    def rows(self) -> int:
+    def stored_rows(self) -> int:
+        """Rows in the shards, deleted ones included (what the candidate structure covers)."""
         return sum(s.rows for s in self.shards)
+
+    @property
+    def deleted_rows(self) -> int:
+        return self.deletions.rows if self.deletions is not None else 0
+
+    @property
+    def rows(self) -> int:
+        """Rows of the snapshot: stored rows less deleted ones."""
+        return self.stored_rows - self.deleted_rows
 
     def files(self) -> list[str]:
         """Every file this snapshot references (relative paths)."""
         out = [s.file for s in self.shards]
         if self.candidates is not None:
             out.append(self.candidates.file)
+        if self.deletions is not None:
+            out.append(self.deletions.file)
         return out
 
     def to_json(self) -> bytes:
@@ -97,6 +111,8 @@ class Manifest:
             d["shards"] = tuple(FileEntry(**s) for s in d.get("shards", ()))
             if d.get("candidates") is not None:
                 d["candidates"] = CandidateEntry(**d["candidates"])
+            if d.get("deletions") is not None:
+                d["deletions"] = FileEntry(**d["deletions"])
             return cls(**d)
         except (ValueError, TypeError, KeyError) as e:
             raise IndexCorruptError(f"{where}: unreadable manifest ({e})") from e

@@ -1,0 +1,178 @@
+"""Exact range join in cells of the tangent space: every pair within the radius, found.
+
+Why it is exact: the log map at the origin never lengthens a distance in
+hyperbolic space (a CAT(0) comparison), so ``|log x - log y| <= d(x, y)``: the
+tangent-space ball of radius ``R`` holds the geodesic one. Rows are put in
+cells by k-means centroids of their tangent vectors (FAISS); a row joins its
+nearest cell and also every cell whose centroid is within its nearest
+centroid's distance plus ``2R``. For two rows ``a`` (nearest cell ``A``) and
+``b`` with ``|a - b| <= R``, ``|b - c_A| <= |a - c_A| + R <= |a - c_B| + R <=
+|b - c_B| + 2R``: ``b`` is in ``A`` too. So every pair within ``R`` meets in the
+nearest cell of one of its rows. Inside a cell, a float64 GEMM of tangent vectors
+filters pairs (with a rounding margin) and the stable geodesic distance decides.
+
+Memory: one int per row (its nearest cell), the boundary rows' extra cells, and
+one cell's tangent vectors at a time (in blocks); the shards stay memory-mapped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import faiss
+import numpy as np
+from numba import njit, prange
+
+from .. import lorentz
+from ..rerank import _distance_row, _prepare_query, _row_view
+from ..snapshot import Snapshot
+from .pairs import PassStats
+from .unionfind import union_pairs
+
+Progress = Callable[[int], None]
+#: Rows of one side of a GEMM block.
+BLOCK = 4096
+#: Rows per assignment batch.
+ASSIGN_BATCH = 65536
+#: k-means: training rows per centroid, iterations.
+TRAIN_PER_CELL = 40
+KMEANS_ITER = 10
+#: Relative and absolute slack on the tangent filter (float64 GEMM rounding).
+_SLACK_REL, _SLACK_ABS = 1e-9, 1e-9
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _pair_distances(a, b, offsets, bases, dim, curv, out):
+    inv_c = 1.0 / curv
+    for i in prange(a.shape[0]):
+        q = _row_view(bases, offsets, a[i], dim)
+        rq, tq = _prepare_query(q, inv_c)
+        out[i] = _distance_row(_row_view(bases, offsets, b[i], dim), q, rq, tq, inv_c, curv)
+
+
+def pair_distances(a: np.ndarray, b: np.ndarray, snap: Snapshot) -> np.ndarray:
+    """Stable geodesic distance between stored rows ``a[i]`` and ``b[i]`` -> ``(p,)`` float64."""
+    out = np.empty(len(a), dtype=np.float64)
+    if len(a):
+        sh = snap.shardset
+        _pair_distances(np.ascontiguousarray(a, np.int64), np.ascontiguousarray(b, np.int64), sh.offsets, sh.bases,
+                        sh.dim, float(snap.manifest.curv), out)
+    return out
+
+
+def tangent(snap: Snapshot, rows: np.ndarray) -> np.ndarray:
+    """Log map at the origin of stored ``rows: (m,)`` -> ``(m, dim)`` float64."""
+    return lorentz.log_map0(snap.shardset.gather(rows).astype(np.float64), snap.manifest.curv)
+
+
+def auto_nlist(m: int) -> int:
+    """Cells for ``m`` rows: about ``2 sqrt(m)``, at least 64 rows per cell."""
+    return max(1, min(int(2 * math.sqrt(m)), m // 64))
+
+
+def train_cells(snap: Snapshot, rows: np.ndarray, nlist: int, seed: int = 1234) -> np.ndarray:
+    """k-means centroids ``(nlist, dim)`` float32 of a sample of the rows' tangent vectors."""
+    if nlist <= 1:
+        return tangent(snap, rows[:1]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(rows, size=min(len(rows), TRAIN_PER_CELL * nlist), replace=False))
+    x = tangent(snap, pick).astype(np.float32)
+    km = faiss.Kmeans(x.shape[1], nlist, niter=KMEANS_ITER, seed=seed, max_points_per_centroid=TRAIN_PER_CELL * 2)
+    km.train(x)
+    return km.centroids
+
+
+def assign(snap: Snapshot, rows: np.ndarray, centroids: np.ndarray, radius: float
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest cell of each row ``(m,)`` int64, and the extra (row position, cell) pairs within the ``2R`` margin."""
+    nlist = len(centroids)
+    q = faiss.IndexFlatL2(centroids.shape[1])
+    q.add(centroids)
+    primary = np.empty(len(rows), dtype=np.int64)
+    extra_pos, extra_cell = [], []
+    margin = 2.0 * radius * (1 + 1e-6) + 1e-6  # float32 centroid distances: a generous margin
+    for start in range(0, len(rows), ASSIGN_BATCH):
+        t = tangent(snap, rows[start : start + ASSIGN_BATCH]).astype(np.float32)
+        todo = np.arange(len(t))
+        top = min(nlist, 8)
+        while len(todo):
+            d2, cell = q.search(t[todo], top)
+            d = np.sqrt(np.maximum(d2, 0))
+            primary[start + todo] = cell[:, 0]
+            within = d <= d[:, :1] + margin
+            more = within[:, -1] & (top < nlist)  # the margin may hold cells beyond the top searched
+            done = ~more
+            pi, cj = np.nonzero(within[done][:, 1:])
+            extra_pos.append(start + todo[done][pi])
+            extra_cell.append(cell[done][pi, cj + 1])
+            todo, top = todo[more], min(nlist, top * 4)
+    pos = np.concatenate(extra_pos) if extra_pos else np.zeros(0, np.int64)
+    cells = np.concatenate(extra_cell) if extra_cell else np.zeros(0, np.int64)
+    return primary, pos.astype(np.int64), cells.astype(np.int64)
+
+
+def _block_pairs(ta: np.ndarray, tb: np.ndarray, radius: float, upper: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)`` whose tangent distance may be within ``radius`` (``upper``: ``i < j`` only)."""
+    na = np.einsum("ij,ij->i", ta, ta)
+    nb = np.einsum("ij,ij->i", tb, tb)
+    d2 = na[:, None] + nb[None, :] - 2.0 * (ta @ tb.T)
+    r = radius * (1 + _SLACK_REL) + _SLACK_ABS
+    thr = r * r + 1e-13 * (na[:, None] + nb[None, :])
+    hit = d2 <= thr
+    if upper:
+        hit = np.triu(hit, k=1)
+    return np.nonzero(hit)
+
+
+def cell_join(snap: Snapshot, rows: np.ndarray, radius: float, parent: np.ndarray, *, nlist: int | None = None,
+              progress: Progress | None = None, stats: PassStats | None = None, seed: int = 1234) -> PassStats:
+    """Unite in ``parent`` every pair of ``rows: (m,)`` within geodesic ``radius`` (all of them)."""
+    stats = stats or PassStats()
+    rows = np.asarray(rows, dtype=np.int64)
+    m = len(rows)
+    stats.queried += m
+    if m < 2:
+        return stats
+    nlist = auto_nlist(m) if nlist is None else max(1, min(int(nlist), m))
+    centroids = train_cells(snap, rows, nlist, seed)
+    primary, xpos, xcell = assign(snap, rows, centroids, radius)
+    stats.cells = int(len(centroids))
+    stats.extra_assignments = int(len(xpos))
+    order = np.argsort(primary, kind="stable")
+    starts = np.searchsorted(primary[order], np.arange(len(centroids) + 1))
+    xorder = np.argsort(xcell, kind="stable")
+    xstarts = np.searchsorted(xcell[xorder], np.arange(len(centroids) + 1))
+    for c in range(len(centroids)):
+        own = rows[order[starts[c] : starts[c + 1]]]
+        if not len(own):
+            continue
+        guests = rows[xpos[xorder[xstarts[c] : xstarts[c + 1]]]]
+        t_own = tangent(snap, own)
+        t_guest = tangent(snap, guests) if len(guests) else None
+        for i in range(0, len(own), BLOCK):
+            ta = t_own[i : i + BLOCK]
+            for j in range(i, len(own), BLOCK):
+                a, b = _block_pairs(ta, t_own[j : j + BLOCK], radius, upper=(i == j))
+                _confirm_and_unite(snap, own[i + a], own[j + b], radius, parent, stats)
+            if t_guest is not None:
+                for j in range(0, len(guests), BLOCK):
+                    a, b = _block_pairs(ta, t_guest[j : j + BLOCK], radius, upper=False)
+                    _confirm_and_unite(snap, own[i + a], guests[j + b], radius, parent, stats)
+        if progress is not None:
+            progress(len(own))
+    return stats
+
+
+def _confirm_and_unite(snap: Snapshot, a: np.ndarray, b: np.ndarray, radius: float, parent: np.ndarray,
+                       stats: PassStats) -> None:
+    keep = a != b
+    a, b = a[keep], b[keep]
+    if not len(a):
+        return
+    d = pair_distances(a, b, snap)
+    stats.checked += len(a)
+    ok = d <= radius
+    if ok.any():
+        stats.within += int(ok.sum())
+        stats.merges += union_pairs(parent, a[ok], b[ok])
