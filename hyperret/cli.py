@@ -209,6 +209,9 @@ def search_cmd(
     allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Permit --policy outward (retrieves unsafe "
                                       "content on purpose)."),
     explain: bool = typer.Option(False, "--explain", help="Say, per query, what the planner did."),
+    dedup: bool = typer.Option(False, "--dedup", help="Collapse near-duplicates among the hits, keeping the "
+                               "nearest (radius: --dedup-radius, else the index's last applied dedup, else 0.05)."),
+    dedup_radius: Optional[float] = typer.Option(None, "--dedup-radius", min=0.0, help="Radius for --dedup."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
 ) -> None:
     """Search an index with query vectors, under a safety policy."""
@@ -226,7 +229,9 @@ def search_cmd(
     ix = Index.open(index)
     res = ix.search(q, k=k, candidates=candidates, policy=_listed(policy), modality=_listed(modality),
                     redirect_mode=redirect_mode, bounds=bounds, allow_unsafe=allow_unsafe,
-                    target=_target(target))
+                    target=_target(target),
+                    dedup=(dedup_radius if dedup_radius is not None else True) if dedup or dedup_radius is not None
+                    else False)
     cols = [c.strip() for c in columns.split(",")] if columns else None
     hits = res.to_list(cols)
     if as_json:
@@ -274,6 +279,86 @@ def _print_hits(hits: list[list[dict[str, Any]]]) -> None:
 
 
 # --------------------------------------------------------------- safety
+@app.command("dedup")
+@_errors
+def dedup_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    radius: Optional[float] = typer.Option(None, "--radius", "-r", min=0.0, help="Geodesic distance within which "
+                                           "two rows are near copies."),
+    auto: bool = typer.Option(False, "--auto", help="Pick the radius from the gap in the nearest-neighbour "
+                              "distances (and say what was picked and why)."),
+    unsafe_only: bool = typer.Option(False, "--unsafe-only", help="Only rows the index's bounds label unsafe."),
+    out: Path = typer.Option(..., "--out", "-o", help="Groups table to write: .parquet, .csv or .json."),
+    apply: bool = typer.Option(False, "--apply", help="Delete every non-representative in one new commit "
+                               "(without it: a dry run)."),
+    grouping: str = typer.Option("components", "--grouping", help="components (connected, may chain) or star "
+                                 "(every member within the radius of its representative)."),
+    keep: str = typer.Option("centre", "--keep", help="Representative: centre, lowest-id, min:COLUMN or "
+                             "max:COLUMN (ties: lowest id)."),
+    method: str = typer.Option("cells", "--method", help="cells (exact join, default) or stage (the index's "
+                               "candidate stage)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Find exact and near-duplicate groups; with --apply, keep one row of each group."""
+    from .errors import InvalidInputError
+    from .index import Index
+
+    if auto and radius is not None:
+        raise InvalidInputError("give --radius or --auto, not both")
+    if not auto and radius is None:
+        raise InvalidInputError("give --radius R or --auto")
+    if out.suffix.lower() not in (".parquet", ".csv", ".json"):
+        raise InvalidInputError(f"--out must end in .parquet, .csv or .json, got {out.name!r}")
+    if not out.parent.exists():
+        raise InvalidInputError(f"the folder of {out} does not exist")
+    ix = Index.open(index, writable=apply)
+    try:
+        with _progress(quiet) as bars:
+            tasks: dict[str, Any] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bars.add_task(phase, total=total)
+                bars.update(tasks[phase], completed=done)
+
+            res = ix.dedup(radius=radius, auto=auto, unsafe_only=unsafe_only, grouping=grouping, keep=keep,
+                           method=method, progress=progress)
+        res.write(out)  # the record of what is to be deleted exists before anything is
+        if apply:
+            ix.apply_dedup(res)
+    finally:
+        ix.close()
+    s = res.summary
+    s["out"] = str(out)
+    if as_json:
+        _dump(s)
+        return
+    typer.echo(_dedup_text(s))
+
+
+def _dedup_text(s: dict[str, Any]) -> str:
+    lines = []
+    if s.get("radius_source") == "auto":
+        a = s["auto"]
+        lines.append(f"radius {s['radius']:.4g} (auto): the widest gap in the nearest-neighbour distances of "
+                     f"{a['sample']} sampled rows lies between {a['lower_edge']:.3g} and {a['upper_edge']:.3g} "
+                     f"({a['ratio']:.1f}x; {a['below']} below, {a['above']} above)")
+    else:
+        lines.append(f"radius {s['radius']:.4g}")
+    lines.append(f"{s['eligible_rows']} rows compared ({'unsafe only' if s['unsafe_only'] else 'all'}); "
+                 f"{s['groups']} groups hold {s['rows_in_groups']} rows ({s['exact_duplicate_rows']} exact copies); "
+                 f"largest group {s['largest_group']}, widest diameter {s['max_diameter']:.4g}"
+                 + (f", {s['groups_wider_than_radius']} groups wider than the radius (chained; try --grouping star)"
+                    if s["groups_wider_than_radius"] and s["grouping"] == "components" else ""))
+    if s.get("applied"):
+        lines.append(f"deleted {s['to_delete']} rows, keeping one per group: committed version {s['applied_version']}")
+    else:
+        lines.append(f"dry run: {s['to_delete']} rows would be deleted (--apply to delete them)")
+    lines.append(f"groups written to {s['out']}")
+    return "\n".join(lines)
+
+
 @app.command("calibrate")
 @_errors
 def calibrate_cmd(

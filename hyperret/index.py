@@ -673,23 +673,36 @@ class Index:
             result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
                            grouping=grouping, keep=keep, method=method,
                            candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
+        result.summary["version"] = snap.manifest.version
+        result.summary["applied"] = False
         if apply:
-            ids = result.to_delete
-            s = result.summary
-            record = {k: s[k] for k in ("radius", "radius_source", "method", "grouping", "keep", "unsafe_only", "groups",
-                                        "to_delete")}
-            record["version"] = snap.manifest.version
-            with self._mutex:
-                if self._snap is not snap:
-                    raise InvalidInputError("the index changed during dedup; run it again")
-                if len(ids):
-                    self.delete(ids)
-                self._manifest_changes["dedup"] = record
-            result.summary["applied_version"] = self.commit()
-            result.summary["applied"] = True
-        else:
-            result.summary["applied"] = False
+            self.apply_dedup(result)
         return result
+
+    def apply_dedup(self, result: "DedupResult") -> int:
+        """Delete every non-representative of ``result`` (from :meth:`dedup` on this snapshot) and commit.
+
+        Records the run (radius, rule, counts) in the manifest, where ``search(dedup=True)``
+        takes its radius from. Returns the new version.
+        """
+        self._require_writable()
+        s = result.summary
+        with self._mutex:
+            if s.get("version") != self.version:
+                raise InvalidInputError(f"the dedup result is of version {s.get('version')}, the index is at "
+                                        f"{self.version}: run dedup again")
+            if self.pending or self.pending_deletes:
+                raise InvalidInputError("the index has uncommitted changes: commit or roll back before applying")
+            ids = result.to_delete
+            if len(ids):
+                self.delete(ids)
+            record = {k: s[k] for k in ("radius", "radius_source", "method", "grouping", "keep", "unsafe_only",
+                                        "groups", "to_delete")}
+            record["version"] = s["version"]
+            self._manifest_changes["dedup"] = record
+            version = self.commit()
+        s["applied"], s["applied_version"] = True, version
+        return version
 
     # ---------------------------------------------------------------- reads
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:

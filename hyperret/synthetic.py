@@ -152,7 +152,7 @@ def make_duplicates(n: int, dim: int, *, curv: float = 1.0, groups: int = 100, s
     if base is None:
         r = rng.uniform(radii[0], radii[1], n)
         base = lorentz.point_at_radius(_unit(rng.standard_normal((n, dim))), r, curv)
-    x = np.asarray(base, dtype=np.float64).copy()
+    x = np.array(base, dtype=np.float32)  # copied; members are moved in float64
     group = np.full(len(x), -1, dtype=np.int64)
     offset = np.zeros(len(x))
     size = rng.integers(sizes[0], sizes[1] + 1, groups)
@@ -165,8 +165,8 @@ def make_duplicates(n: int, dim: int, *, curv: float = 1.0, groups: int = 100, s
         at += s
         b = members[0]
         d = np.exp(rng.uniform(np.log(distances[0]), np.log(distances[1]), s - 1))
-        x[members[1:]] = lorentz.step(np.broadcast_to(x[b], (s - 1, x.shape[1])),
-                                      rng.standard_normal((s - 1, x.shape[1])), d, curv)
+        xb = np.broadcast_to(x[b].astype(np.float64), (s - 1, x.shape[1]))
+        x[members[1:]] = lorentz.step(xb, rng.standard_normal((s - 1, x.shape[1])), d, curv)
         group[members] = g
         offset[members[1:]] = d
-    return DuplicateSet(x.astype(np.float32), group, offset, curv)
+    return DuplicateSet(x, group, offset, curv)
