@@ -301,6 +301,7 @@ def dedup_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Find exact and near-duplicate groups; with --apply, keep one row of each group."""
+    from .dedup.run import check_out_path
     from .errors import InvalidInputError
     from .index import Index
 
@@ -308,10 +309,7 @@ def dedup_cmd(
         raise InvalidInputError("give --radius or --auto, not both")
     if not auto and radius is None:
         raise InvalidInputError("give --radius R or --auto")
-    if out.suffix.lower() not in (".parquet", ".csv", ".json"):
-        raise InvalidInputError(f"--out must end in .parquet, .csv or .json, got {out.name!r}")
-    if not out.parent.exists():
-        raise InvalidInputError(f"the folder of {out} does not exist")
+    check_out_path(out)  # before the long run, not after it
     ix = Index.open(index, writable=apply)
     try:
         with _progress(quiet) as bars:

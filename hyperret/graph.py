@@ -140,15 +140,27 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                     ep, d_ep, changed = nb, d, True
 
     visited = np.zeros(n, dtype=np.bool_)
+    _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, visited, True, out)
+
+
+@njit(cache=True, nogil=True)
+def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, mark, tag, out):
+    """Level-0 beam search from node ``ep`` (score ``d_ep``); writes the ``len(out)`` best rows.
+
+    ``mark[node] == tag`` means visited: a fresh bool array with ``tag=True``, or a
+    reused int32 stamp array with a new ``tag`` per walk.
+    """
+    dim = q.shape[0]
     cap = ef + 1
-    cand_d = np.empty(n if n < 64 * cap else 64 * cap, dtype=np.float64)  # min-heap: frontier
-    cand_i = np.empty(cand_d.shape[0], dtype=np.int64)
+    heap = min(mark.shape[0], 64 * cap)
+    cand_d = np.empty(heap, dtype=np.float64)  # min-heap: frontier
+    cand_i = np.empty(heap, dtype=np.int64)
     res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
     res_i = np.empty(cap, dtype=np.int64)
     nc = 1
     nr = 1
     cand_d[0], cand_i[0], res_d[0], res_i[0] = d_ep, ep, d_ep, ep
-    visited[ep] = True
+    mark[ep] = tag
     while nc > 0:
         d_c, c = cand_d[0], cand_i[0]
         nc -= 1
@@ -156,15 +168,13 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
         _sift_down(cand_d, cand_i, nc, 1)
         if nr >= ef and d_c > res_d[0]:
             break
-        start = node_off[c] + cum[0]
-        stop = node_off[c] + cum[1]
-        for s in range(start, stop):
+        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):
             nb = neighbors[s]
             if nb < 0:
                 break
-            if visited[nb]:
+            if mark[nb] == tag:
                 continue
-            visited[nb] = True
+            mark[nb] = tag
             d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
             if nr < ef or d < res_d[0]:
                 if nc < cand_d.shape[0]:
@@ -221,46 +231,8 @@ def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, 
     inv_c = 1.0 / curv
     q = _row_view(bases, offsets_rows, g0, dim)
     qt = math.sqrt(inv_c + _sqnorm(q))
-    cap = ef + 1
-    cand_d = np.empty(64 * cap, dtype=np.float64)  # min-heap: frontier
-    cand_i = np.empty(64 * cap, dtype=np.int64)
-    res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
-    res_i = np.empty(cap, dtype=np.int64)
-    d0 = _score(q, qt, q, inv_c)
-    nc = 1
-    nr = 1
-    cand_d[0], cand_i[0], res_d[0], res_i[0] = d0, g0, d0, g0
-    stamp[g0] = tag
-    while nc > 0:
-        d_c, c = cand_d[0], cand_i[0]
-        nc -= 1
-        cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-        _sift_down(cand_d, cand_i, nc, 1)
-        if nr >= ef and d_c > res_d[0]:
-            break
-        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):
-            nb = neighbors[s]
-            if nb < 0:
-                break
-            if stamp[nb] == tag:
-                continue
-            stamp[nb] = tag
-            d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
-            if nr < ef or d < res_d[0]:
-                if nc < cand_d.shape[0]:
-                    cand_d[nc], cand_i[nc] = d, nb
-                    _sift_up(cand_d, cand_i, nc, 1)
-                    nc += 1
-                res_d[nr], res_i[nr] = d, nb
-                _sift_up(res_d, res_i, nr, -1)
-                nr += 1
-                if nr > ef:
-                    nr -= 1
-                    res_d[0], res_i[0] = res_d[nr], res_i[nr]
-                    _sift_down(res_d, res_i, nr, -1)
-    order = np.argsort(res_d[:nr], kind="mergesort")
-    for j in range(min(out.shape[0], nr)):
-        out[j] = res_i[order[j]]
+    _beam0(q, qt, g0, _score(q, qt, q, inv_c), bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, stamp,
+           tag, out)
 
 
 @njit(cache=True, parallel=True, nogil=True)

@@ -586,13 +586,7 @@ class Index:
 
             rec = self.manifest.dedup
             return float(rec["radius"]) if rec and "radius" in rec else DEFAULT_SEARCH_RADIUS
-        try:
-            r = float(dedup)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"dedup must be True, False or a radius, got {dedup!r}") from None
-        if not np.isfinite(r) or r < 0:
-            raise InvalidInputError(f"dedup radius must be a finite number >= 0, got {dedup!r}")
-        return r
+        return validate.radius(dedup, "dedup radius")
 
     def _refill_search(self, snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray, k: int, kc: int,
                        rows: np.ndarray, dist: np.ndarray, filtered: bool = False) -> None:
@@ -664,9 +658,7 @@ class Index:
         from .dedup import DEFAULT_CANDIDATES, dedup
 
         if apply:
-            self._require_writable()
-            if self.pending or self.pending_deletes:
-                raise InvalidInputError("the index has uncommitted changes: commit or roll back before dedup --apply")
+            self._check_can_apply()  # before the long run, not after it
         with self._rw.read():
             snap = self._snap
             labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
@@ -685,14 +677,12 @@ class Index:
         Records the run (radius, rule, counts) in the manifest, where ``search(dedup=True)``
         takes its radius from. Returns the new version.
         """
-        self._require_writable()
         s = result.summary
         with self._mutex:
+            self._check_can_apply()
             if s.get("version") != self.version:
                 raise InvalidInputError(f"the dedup result is of version {s.get('version')}, the index is at "
                                         f"{self.version}: run dedup again")
-            if self.pending or self.pending_deletes:
-                raise InvalidInputError("the index has uncommitted changes: commit or roll back before applying")
             ids = result.to_delete
             if len(ids):
                 self.delete(ids)
@@ -703,6 +693,11 @@ class Index:
             version = self.commit()
         s["applied"], s["applied_version"] = True, version
         return version
+
+    def _check_can_apply(self) -> None:
+        self._require_writable()
+        if self.pending or self.pending_deletes:
+            raise InvalidInputError("the index has uncommitted changes: commit or roll back before applying a dedup")
 
     # ---------------------------------------------------------------- reads
     def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:

@@ -25,6 +25,17 @@ def curvature(c: Any) -> float:
     return c
 
 
+def radius(r: Any, what: str = "radius") -> float:
+    """A geodesic distance as a finite float ``>= 0``."""
+    try:
+        r = float(r)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} must be a number, got {r!r}") from None
+    if not np.isfinite(r) or r < 0:
+        raise InvalidInputError(f"{what} must be a finite number >= 0, got {r!r}")
+    return r
+
+
 def vectors(x: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
     """``x`` as a C-contiguous ``(n, dim)`` float32 array of finite values."""
     try:

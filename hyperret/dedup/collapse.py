@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
-from ..rerank import ShardSet, _distance_row, _row_view, _sqnorm
+from ..rerank import ShardSet, _distance_row, _prepare_query, _row_view
 
 #: Radius used by ``search(dedup=True)`` when the index has no applied dedup run to take it from.
 DEFAULT_SEARCH_RADIUS = 0.05
@@ -25,8 +23,7 @@ def _collapse(rows, dist, offsets, bases, dim, curv, radius, out_rows, out_dist,
             if g < 0 or kept == k:
                 break
             q = _row_view(bases, offsets, g, dim)
-            rq2 = _sqnorm(q)
-            rq, tq = math.sqrt(rq2), math.sqrt(inv_c + rq2)
+            rq, tq = _prepare_query(q, inv_c)
             dup = False
             for t in range(kept):
                 if _distance_row(_row_view(bases, offsets, out_rows[i, t], dim), q, rq, tq, inv_c, curv) <= radius:

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInputError
-from ..rerank import _distance_row, _row_view, _sqnorm
+from ..rerank import _distance_row, _prepare_query, _row_view, _sqnorm
 from ..snapshot import Snapshot
 
 #: Groups up to this size get an exact diameter (all pairs); larger ones the bound 2 max d(rep, member).
@@ -60,11 +60,7 @@ def _centre_one(members, offsets, bases, dim, curv, out):
     scale = 1.0 / (math.sqrt(curv) * math.sqrt(max(mt * mt - s2, 1e-300)))
     for j in range(dim):
         mean[j] *= scale
-    rq2 = 0.0
-    for j in range(dim):
-        rq2 += mean[j] * mean[j]
-    rq = math.sqrt(rq2)
-    tq = math.sqrt(inv_c + rq2)
+    rq, tq = _prepare_query(mean, inv_c)
     for i in range(m):
         out[i] = _distance_row(_row_view(bases, offsets, members[i], dim), mean, rq, tq, inv_c, curv)
 
@@ -81,8 +77,7 @@ def _rep_distances(members, starts, reps, offsets, bases, dim, curv, out):
     inv_c = 1.0 / curv
     for g in prange(starts.shape[0] - 1):
         q = _row_view(bases, offsets, reps[g], dim)
-        rq2 = _sqnorm(q)
-        rq, tq = math.sqrt(rq2), math.sqrt(inv_c + rq2)
+        rq, tq = _prepare_query(q, inv_c)
         for i in range(starts[g], starts[g + 1]):
             if members[i] == reps[g]:
                 out[i] = 0.0
@@ -102,8 +97,7 @@ def _diameters(members, starts, limit, offsets, bases, dim, curv, out):
         best = 0.0
         for i in range(a, b):
             q = _row_view(bases, offsets, members[i], dim)
-            rq2 = _sqnorm(q)
-            rq, tq = math.sqrt(rq2), math.sqrt(inv_c + rq2)
+            rq, tq = _prepare_query(q, inv_c)
             for j in range(i + 1, b):
                 d = _distance_row(_row_view(bases, offsets, members[j], dim), q, rq, tq, inv_c, curv)
                 if d > best:

@@ -41,21 +41,22 @@ def _column_hashes(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
             vals = s.table.column(HASH_COLUMN).to_pylist()
         else:
             vals = [None] * len(s)
-        keys.append(np.array([int(v[:16], 16) if _is_hex(v) else 0 for v in vals], dtype=np.uint64))
-        valid.append(np.array([_is_hex(v) for v in vals], dtype=bool))
+        k = [_prefix(v) for v in vals]
+        keys.append(np.array([x if x is not None else 0 for x in k], dtype=np.uint64))
+        valid.append(np.array([x is not None for x in k], dtype=bool))
     if not keys:
         return np.zeros(0, np.uint64), np.zeros(0, bool)
     return np.concatenate(keys), np.concatenate(valid)
 
 
-def _is_hex(v: object) -> bool:
+def _prefix(v: object) -> int | None:
+    """The first 64 bits of a hex digest; ``None`` for a null or non-hex value."""
     if not isinstance(v, str) or len(v) < 16:
-        return False
+        return None
     try:
-        int(v[:16], 16)
+        return int(v[:16], 16)
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def content_source(snap: Snapshot) -> str:

@@ -68,6 +68,11 @@ def confirm(rows: np.ndarray, cand: np.ndarray, shards: ShardSet, curv: float) -
     return out
 
 
+def _block_rows(kc: int) -> int:
+    """Query rows per block so that ``kc`` candidate rows and distances each fit :data:`BLOCK_BYTES`."""
+    return max(16, min(BLOCK_ROWS, BLOCK_BYTES // (16 * max(kc, 1))))
+
+
 @dataclass
 class PassStats:
     """What a range pass did."""
@@ -100,7 +105,7 @@ def range_pass(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, radius: f
     first = True
     while len(todo):
         stats.max_candidates = max(stats.max_candidates, kc)
-        block = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (16 * kc)))
+        block = _block_rows(kc)
         again = []
         for start in range(0, len(todo), block):
             q = todo[start : start + block]
@@ -136,7 +141,7 @@ def nearest(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, kc: int) -> 
     """
     out = np.full(len(rows), np.inf)
     kc = min(kc, snap.rows)
-    block = max(16, min(BLOCK_ROWS, BLOCK_BYTES // (16 * max(kc, 1))))
+    block = _block_rows(kc)
     for start in range(0, len(rows), block):
         q = np.asarray(rows[start : start + block], dtype=np.int64)
         cand = snap.stage.near_rows(q, kc, snap.shardset)

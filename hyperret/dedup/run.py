@@ -9,7 +9,6 @@ from a sample's nearest-neighbour distances first (``radius``).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
+from .. import validate
 from ..errors import InvalidInputError
 from ..snapshot import Snapshot
 from . import groups as G
@@ -38,6 +38,7 @@ PASSTHROUGH_COLUMNS = ("uri", "unsafe_score")
 #: ``cells``: the exact tangent-space join (every pair within the radius); ``stage``: ask the
 #: index's candidate stage for each row's neighbours (fast, as complete as the stage's recall).
 METHODS = ("cells", "stage")
+OUT_SUFFIXES = (".parquet", ".csv", ".json")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class DedupResult:
         """Write the groups table (``.parquet``, ``.csv`` or ``.json`` by suffix); atomic."""
         from ..storage.fsutil import atomic_write_bytes
 
-        path = Path(path)
+        path = check_out_path(path)
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -79,12 +80,20 @@ class DedupResult:
             import json
 
             data = json.dumps({"summary": self.summary, "members": self.groups.to_pylist()}, indent=1).encode()
-        else:
-            raise InvalidInputError(f"--out must end in .parquet, .csv or .json, got {path.name!r}")
-        if not path.parent.exists():
-            raise InvalidInputError(f"the folder of {path} does not exist")
+        else:  # pragma: no cover - check_out_path admits only the three above
+            raise AssertionError(suffix)
         atomic_write_bytes(path, data)
         return path
+
+
+def check_out_path(path: str | Path) -> Path:
+    """``path`` for the groups table: a ``.parquet``, ``.csv`` or ``.json`` file in an existing folder."""
+    path = Path(path)
+    if path.suffix.lower() not in OUT_SUFFIXES:
+        raise InvalidInputError(f"--out must end in .parquet, .csv or .json, got {path.name!r}")
+    if not path.parent.exists():
+        raise InvalidInputError(f"the folder of {path} does not exist")
+    return path
 
 
 def dedup(snap: Snapshot, *, radius: float | None = None, auto: bool = False, unsafe_only: bool = False,
@@ -96,12 +105,7 @@ def dedup(snap: Snapshot, *, radius: float | None = None, auto: bool = False, un
     if auto == (radius is not None):
         raise InvalidInputError("give a radius or ask for auto, not both" if auto else "give a radius (or auto)")
     if radius is not None:
-        try:
-            radius = float(radius)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"radius must be a number, got {radius!r}") from None
-        if not math.isfinite(radius) or radius < 0:
-            raise InvalidInputError(f"radius must be a finite number >= 0, got {radius!r}")
+        radius = validate.radius(radius)
     if method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r} (one of: {', '.join(METHODS)})")
     if grouping not in G.GROUPINGS:
