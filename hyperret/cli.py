@@ -13,7 +13,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar
 
 import typer
 
@@ -61,13 +61,19 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool, unit: str = "rows"):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    class Speed(TaskProgressColumn):
+        def render(self, task: Any) -> Any:
+            from rich.text import Text
+
+            return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else f"- {unit}/s")
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} rows/s"),
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=quiet, transient=False,
     )
 
@@ -94,20 +100,53 @@ def _json_default(o: Any) -> Any:
 @app.command("index")
 @_errors
 def index_cmd(
-    source: Path = typer.Argument(..., help="Parquet or Arrow IPC file with an 'embedding' column."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index directory to create (or extend with --append)."),
+    source: Path = typer.Argument(..., help="Parquet or Arrow IPC file with an 'embedding' column; or, with "
+                                  "--model, a folder of images (recursive) or a text file of image paths."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to create (or extend with --append; an "
+                             "image run resumes an existing one)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embed images with this checkpoint: a path, "
+                                        "a folder or a Hugging Face repo id (aimagelab/hysac)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="open_clip architecture name or config JSON "
+                                       "(default ViT-L-14-quickgelu)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1, "
+                                          "at most 8; 0 decodes in the main process)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on the CPU), "
+                                  "fp32, fp16 or bf16."),
+    commit_every: int = typer.Option(4096, "--commit-every", min=1, help="Commit after this many new images."),
+    commit_seconds: float = typer.Option(300.0, "--commit-seconds", min=0.0, help="...or after this many seconds."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Skip images larger than this "
+                                   "(width x height): decompression bombs."),
+    report: Optional[Path] = typer.Option(None, "--report", help="JSON-lines list of skipped files (default: "
+                                          "OUT/reports/index-TIME.jsonl)."),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or TOML path (default: fast)."),
     curv: Optional[float] = typer.Option(None, "--curv", help="Curvature c (> 0); else the schema key hyperret.curv."),
     append: bool = typer.Option(False, "--append", help="Add to the existing index at --out in one new commit."),
     bounds: Optional[Path] = typer.Option(None, "--bounds", help="Safety bounds JSON: store every row's "
-                                          "unsafe_score and unsafe_label, enable the safety policies."),
+                                          "unsafe_score and unsafe_label, enable the safety policies "
+                                          "(images: default hysac_bounds.json beside the checkpoint)."),
     modality: Optional[str] = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
                                            "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting index summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Index precomputed embeddings (space components of Lorentz points)."""
+    """Index images with a model (--model), or precomputed embeddings (space components of Lorentz points)."""
+    if model is not None or source.is_dir():
+        if model is None:
+            _fail(f"{source} is a folder: indexing images needs --model (a HySAC or open_clip checkpoint)")
+        if append or curv is not None or modality is not None:
+            _fail("--append, --curv and --modality are for precomputed embeddings; an image run resumes by itself")
+        summary = index_images_cmd(source, out, model=model, arch=arch, device=device, batch_size=batch_size,
+                                   workers=workers, precision=precision, commit_every=commit_every,
+                                   commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
+                                   preset=preset, bounds=bounds, quiet=quiet or as_json)
+        if as_json:
+            _dump(summary)
+        else:
+            typer.echo(_images_text(summary))
+        return
     info = build_index(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet,
                        bounds=bounds, modality=modality)
     if as_json:
@@ -115,6 +154,49 @@ def index_cmd(
     else:
         typer.echo(f"indexed {info['rows']} rows (dim {info['dim']}, curv {info['curv']:g}, "
                    f"preset {info['preset']}, version {info['version']}) at {info['path']}")
+
+
+def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, device: str, batch_size: int,
+                     workers: int | None, precision: str, commit_every: int, commit_seconds: float,
+                     max_pixels: int, report: Path | None, preset: str | None, bounds: Path | None,
+                     quiet: bool) -> dict[str, Any]:
+    """Embed the images under ``source`` into the index at ``out`` (created, or resumed)."""
+    from .embed.encoder import load_encoder
+    from .embed.indexer import index_images
+    from .safety.bounds import Bounds
+
+    b = Bounds.load(bounds) if bounds is not None else None
+    enc = load_encoder(model, _arch(arch), device, precision=precision)
+    with _progress(quiet, unit="images") as bars:
+        task = bars.add_task("embedding images", total=None)
+
+        def started(total: int, already: int) -> None:
+            bars.update(task, total=total)
+
+        summary = index_images(source, out, enc, preset=preset, bounds=b, batch_size=batch_size, workers=workers,
+                               commit_every=commit_every, commit_seconds=commit_seconds, max_pixels=max_pixels,
+                               report=report, on_start=started, progress=lambda n: bars.update(task, advance=n))
+    return summary.to_dict()
+
+
+def _arch(arch: str | None) -> Any:
+    """An ``--arch`` value: a name, a JSON file, or inline JSON."""
+    if arch is not None and arch.lstrip().startswith("{"):
+        try:
+            return json.loads(arch)
+        except ValueError as e:
+            _fail(f"--arch is not valid JSON ({e})")
+    return arch
+
+
+def _images_text(s: dict[str, Any]) -> str:
+    lines = [f"indexed {s['indexed']} images ({s['images_per_second']:.1f}/s), {s['already_indexed']} already "
+             f"indexed, {s['skipped']} skipped; the index has {s['rows']} rows (version {s['version']}) at "
+             f"{s['path']}"]
+    if s["skipped"]:
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped_by_reason"].items()))
+        lines.append(f"skipped ({why}); the list with reasons: {s['report']}")
+    return "\n".join(lines)
 
 
 def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
@@ -194,14 +276,22 @@ def _source_modality(src: Any) -> str:
 @_errors
 def search_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    vectors: Path = typer.Option(..., "--vectors", help=".npy file of query space components, (m, dim) or (dim,)."),
+    texts: Optional[List[str]] = typer.Argument(None, help="Text queries (embedded with the index's model)."),
+    images: Optional[List[Path]] = typer.Option(None, "--image", help="Image query (repeatable)."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy file of query space components, "
+                                           "(m, dim) or (dim,)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint for text/image queries (default: "
+                                        "the one the index records; another is an error)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for --model (default: the index's)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (for the model)."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="Results per query."),
     candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="Rows the rerank sees per query."),
     columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated metadata columns to show."),
     policy: str = typer.Option("off", "--policy", help="off, redirect, filter, block or outward; or a "
                                "comma-separated list with one per query."),
-    modality: str = typer.Option("text", "--modality", help="The queries' modality: text or image (or a "
-                                 "comma-separated list with one per query)."),
+    modality: Optional[str] = typer.Option(None, "--modality", help="The --vectors queries' modality: text or "
+                                           "image, or a comma-separated list with one per query (default: text; "
+                                           "texts and images are known)."),
     redirect_mode: str = typer.Option("geodesic", "--redirect-mode", help="geodesic (default) or hysac."),
     target: Optional[str] = typer.Option(None, "--target", help="Bounds statistic (avg, up_95, low_05, ...) or "
                                          "radius the geodesic moves aim for."),
@@ -214,37 +304,90 @@ def search_cmd(
     dedup_radius: Optional[float] = typer.Option(None, "--dedup-radius", min=0.0, help="Radius for --dedup."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
 ) -> None:
-    """Search an index with query vectors, under a safety policy."""
-    import numpy as np
-
-    from .errors import SourceError
+    """Search an index by text, image or query vectors, under a safety policy."""
     from .index import Index
 
-    try:
-        q = np.load(vectors, allow_pickle=False)
-    except FileNotFoundError:
-        raise SourceError(f"query file {vectors} does not exist") from None
-    except (ValueError, OSError) as e:
-        raise SourceError(f"{vectors} is not a readable .npy file ({e})") from None
+    texts, images = list(texts or []), list(images or [])
+    if not texts and not images and vectors is None:
+        _fail("nothing to search for: give a sentence, --image PATH or --vectors FILE")
+    if vectors is not None and (texts or images):
+        _fail("--vectors cannot be combined with text or --image queries")
+    if modality is not None and vectors is None:
+        _fail("--modality is for --vectors; text and image queries know theirs")
     ix = Index.open(index)
-    res = ix.search(q, k=k, candidates=candidates, policy=_listed(policy), modality=_listed(modality),
+    if vectors is not None:
+        q, mods = _load_vectors(vectors), _listed(modality or "text")
+    else:
+        q, mods = _embed_queries(ix, texts, images, model=model, arch=arch, device=device)
+    res = ix.search(q, k=k, candidates=candidates, policy=_listed(policy), modality=mods,
                     redirect_mode=redirect_mode, bounds=bounds, allow_unsafe=allow_unsafe,
                     target=_target(target),
                     dedup=(dedup_radius if dedup_radius is not None else True) if dedup or dedup_radius is not None
                     else False)
     cols = [c.strip() for c in columns.split(",")] if columns else None
     hits = res.to_list(cols)
+    labels = [f"text: {t}" for t in texts] + [f"image: {p}" for p in images]
     if as_json:
         for i, h in enumerate(hits):
             rec = {"query": i, "exact": res.exact, "hits": h}
+            if labels:
+                rec["input"] = labels[i]
             if explain:
                 rec["plan"] = res.plans[i].to_dict()
             _dump(rec)
         return
+    for i, lab in enumerate(labels):
+        typer.echo(f"query {i}: {lab}")
     _print_hits(hits)
     if explain:
         for p in res.plans:
             typer.echo(p.describe())
+
+
+def _load_vectors(path: Path) -> Any:
+    import numpy as np
+
+    from .errors import SourceError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise SourceError(f"query file {path} does not exist") from None
+    except (ValueError, OSError) as e:
+        raise SourceError(f"{path} is not a readable .npy file ({e})") from None
+
+
+def _embed_queries(ix: Any, texts: list[str], images: list[Path], *, model: str | None, arch: str | None,
+                   device: str) -> tuple[Any, list[str]]:
+    """Embed text and image queries with the index's model (or a checked ``model``): ``(vectors, modalities)``."""
+    import numpy as np
+
+    from .embed.encoder import load_encoder
+    from .embed.indexer import check_model
+    from .errors import ModelMismatchError
+
+    recorded = ix.manifest.producer.get("model")
+    if model is None:
+        if not recorded:
+            raise ModelMismatchError(f"{ix.path} records no model (built from precomputed vectors): pass --model, "
+                                     f"or search with --vectors")
+        spec = recorded["checkpoint"]
+        enc = load_encoder(spec, _arch(arch) if arch else recorded.get("arch"), device, kind=recorded["kind"],
+                           lora_alpha=float(recorded.get("lora_alpha", 1.0)))
+        size = enc.located.path.stat().st_size
+        if size != recorded.get("file_bytes"):
+            raise ModelMismatchError(f"the checkpoint {spec} has changed since {ix.path} was built "
+                                     f"({recorded.get('file_bytes')} bytes then, {size} now)")
+    else:
+        enc = load_encoder(model, _arch(arch) if arch else (recorded or {}).get("arch"), device)
+    if model is not None and recorded:
+        check_model(recorded, enc, str(ix.path))
+    parts = [np.zeros((0, enc.dim), np.float32)]
+    if texts:
+        parts.append(enc.encode_text(texts))
+    if images:
+        parts.append(enc.encode_images([str(p) for p in images]))
+    return np.concatenate(parts), ["text"] * len(texts) + ["image"] * len(images)
 
 
 def _listed(value: str) -> str | list[str]:

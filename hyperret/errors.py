@@ -64,3 +64,15 @@ class PresetError(HyperretError, ValueError):
 
 class FormatVersionError(HyperretError):
     """An index written by a newer, incompatible format version."""
+
+
+class CheckpointError(HyperretError, ValueError):
+    """A model checkpoint that is missing, unsafe to load, or does not fit the architecture."""
+
+
+class ModelMismatchError(HyperretError, ValueError):
+    """A model that is not the one an index was built with."""
+
+
+class DependencyError(HyperretError, ImportError):
+    """An optional dependency (the model stack: torch, open_clip_torch, pillow) is not installed."""

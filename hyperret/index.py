@@ -25,6 +25,8 @@ from .errors import (
     InvalidInputError,
     ReadOnlyIndexError,
 )
+from .geometry import COSINE_CURV, cosine_distance, unit_rows
+from .geometry import check as check_geometry
 from .planner import Plan, make_plan
 from .presets import Preset, load_preset
 from .rerank import ShardSet, rerank
@@ -88,8 +90,13 @@ class Index:
         producer: dict[str, Any] | None = None,
         modality: str = "image",
         bounds: "Bounds | dict[str, Any] | str | Path | None" = None,
+        geometry: str = "lorentz",
     ) -> "Index":
         """Create an empty index at ``path`` and return it open for writing.
+
+        ``geometry``: ``lorentz`` (HySAC space components, the default) or
+        ``cosine`` (a Euclidean CLIP's features, stored as unit vectors and ranked
+        by cosine similarity; ``curv`` is then 1 and there are no safety bounds).
 
         ``modality``: what the rows are, ``image``, ``text``, or ``mixed`` (then every
         add carries a ``modality`` metadata column). ``bounds``: safety bounds (a
@@ -104,6 +111,11 @@ class Index:
         if modality not in INDEX_MODALITIES:
             raise InvalidInputError(f"unknown modality {modality!r} (one of: {', '.join(INDEX_MODALITIES)})")
         b = as_bounds(bounds)
+        if check_geometry(geometry) == "cosine":
+            if curv != COSINE_CURV:
+                raise InvalidInputError(f"a cosine index has curv {COSINE_CURV:g}, not {curv:g}")
+            if b is not None:
+                raise InvalidInputError("safety bounds need a hyperbolic (lorentz) index, not a cosine one")
         if b is not None:
             b.check_curv(curv)
             missing = [m for m in ((modality,) if modality != "mixed" else MODALITIES) if m not in b.thresholds]
@@ -122,7 +134,7 @@ class Index:
 
             prod = {"tool": f"hyperret {__version__}", **(producer or {})}
             manifest = new_manifest(int(dim), curv, p.to_dict(), prod, modality=modality,
-                                    bounds=b.to_dict() if b is not None else None)
+                                    bounds=b.to_dict() if b is not None else None, geometry=geometry)
             write_manifest(path, manifest)
             fsync_dir(path.parent)
         except BaseException:
@@ -190,6 +202,11 @@ class Index:
         return self.manifest.version
 
     @property
+    def geometry(self) -> str:
+        """``lorentz`` (distances are geodesic) or ``cosine`` (distances are ``1 - cos``)."""
+        return self.manifest.geometry
+
+    @property
     def modality(self) -> str:
         """What the rows are: ``image``, ``text`` or ``mixed``."""
         return self.manifest.modality
@@ -222,6 +239,8 @@ class Index:
         """
         self._require_writable()
         x = validate.vectors(vectors, self.dim)
+        if self.geometry == "cosine":
+            x = unit_rows(x)
         n = x.shape[0]
         meta = validate.metadata(metadata, n)
         self._check_modality_column(meta, n)
@@ -503,6 +522,10 @@ class Index:
         ``.plans`` says what happened to each query.
         """
         q = validate.vectors(queries, self.dim, what="query vectors")
+        if self.geometry == "cosine":
+            q = unit_rows(q, "query vectors")
+            if any(p != "off" for p in ([policy] if isinstance(policy, str) else policy)):
+                raise InvalidInputError("safety policies need a hyperbolic (HySAC) index; this one is cosine")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         override = as_bounds(bounds)
@@ -526,6 +549,8 @@ class Index:
             hit_unsafe = None
             if labels is not None:
                 hit_unsafe = np.where(rows >= 0, labels[np.maximum(rows, 0)] if len(labels) else False, False)
+        if self.geometry == "cosine":
+            dist = cosine_distance(dist)
         return SearchResult(
             ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap,
             unsafe=hit_unsafe, plans=plan.plans,

@@ -53,7 +53,7 @@ class Manifest:
     curv: float
     preset: dict[str, Any]
     version: int = 0
-    geometry: str = "lorentz"
+    geometry: str = "lorentz"  # or "cosine": unit vectors of a Euclidean CLIP (hyperret.geometry)
     producer: dict[str, Any] = field(default_factory=dict)
     shards: tuple[FileEntry, ...] = ()
     candidates: CandidateEntry | None = None
@@ -144,9 +144,10 @@ def _now() -> str:
 
 
 def new_manifest(dim: int, curv: float, preset: dict[str, Any], producer: dict[str, Any], *,
-                 modality: str = "image", bounds: dict[str, Any] | None = None) -> Manifest:
+                 modality: str = "image", bounds: dict[str, Any] | None = None,
+                 geometry: str = "lorentz") -> Manifest:
     now = _now()
     return Manifest(
         dim=dim, curv=curv, preset=preset, producer=producer, created_at=now, committed_at=now,
-        modality=modality, bounds=bounds,
+        modality=modality, bounds=bounds, geometry=geometry,
     )

@@ -1,0 +1,142 @@
+"""Hugging Face CLIP (+ PEFT LoRA) state dicts to open_clip tower state dicts.
+
+Two steps, each a pure function of tensors:
+
+1. :func:`merge_lora` folds every LoRA adapter into its base weight,
+   ``W + (alpha / r) * B @ A`` (a Conv2d adapter: ``A`` a conv with the base's
+   kernel, ``B`` a 1x1 conv), with ``r`` read from the shapes, and strips the
+   PEFT wrapper names. Both PEFT layouts are accepted: the base weight at
+   ``X.weight`` (older PEFT) or ``X.base_layer.weight``.
+2. :func:`hf_text_to_open_clip` / :func:`hf_vision_to_open_clip` rename the
+   transformers CLIP keys to open_clip's: ``q/k/v_proj`` concatenate into
+   ``attn.in_proj_*``, ``fc1/fc2`` become ``mlp.c_fc/c_proj``, projections are
+   transposed (open_clip stores ``width x embed_dim``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable
+
+from ..errors import CheckpointError
+
+Getter = Callable[[str], Any]  # name -> torch.Tensor
+
+_LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?:(?P<adapter>[^.]+)\.)?weight$")
+
+
+def merge_lora(names: Iterable[str], get: Getter, prefix: str, *, lora_alpha: float = 1.0,
+               where: str = "checkpoint") -> dict[str, Any]:
+    """Plain (adapter-free) state dict of the modules under ``prefix``, LoRA merged; keys lose ``prefix``."""
+    names = [n for n in names if n.startswith(prefix)]
+    if not names:
+        raise CheckpointError(f"{where}: no weights under {prefix!r}")
+    adapters: dict[str, dict[str, str]] = {}
+    adapter_names: set[str] = set()
+    plain: dict[str, str] = {}
+    for n in names:
+        key = n[len(prefix):]
+        m = _LORA.match(key)
+        if m:
+            adapters.setdefault(m["module"], {})[m["ab"]] = n
+            adapter_names.add(m["adapter"] or "")
+        elif ".lora_" in key:
+            continue  # dropout and embedding adapters carry no weight to merge here
+        else:
+            plain[key.replace(".base_layer.", ".")] = n
+    if len(adapter_names) > 1:
+        raise CheckpointError(f"{where}: several LoRA adapters ({', '.join(sorted(adapter_names))}); "
+                              f"hyperret merges one")
+    out: dict[str, Any] = {}
+    for key, n in plain.items():
+        out[key] = get(n)
+    for module, ab in adapters.items():
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{where}: LoRA adapter of {module} lacks its {'B' if 'A' in ab else 'A'} matrix")
+        wkey = f"{module}.weight"
+        if wkey not in out:
+            raise CheckpointError(f"{where}: LoRA adapter of {module} has no base weight")
+        w = out[wkey].float()
+        a, b = get(ab["A"]).float(), get(ab["B"]).float()
+        out[wkey] = (w + lora_delta(a, b, w.shape, lora_alpha, module, where)).contiguous()
+    return out
+
+
+def lora_delta(a: Any, b: Any, shape: Any, lora_alpha: float, module: str = "", where: str = "") -> Any:
+    """``(alpha / r) * B @ A`` in the base weight's ``shape`` (Linear ``(out, in)`` or Conv2d ``(out, in, kh, kw)``)."""
+    r = a.shape[0]
+    if b.shape[0] != shape[0] or b.shape[1] != r or a.reshape(r, -1).shape[1] != _prod(shape[1:]):
+        raise CheckpointError(f"{where}: LoRA shapes of {module} (A {tuple(a.shape)}, B {tuple(b.shape)}) "
+                              f"do not fit its weight {tuple(shape)}")
+    if b.dim() == 4 and tuple(b.shape[2:]) != (1, 1):
+        raise CheckpointError(f"{where}: LoRA B of {module} is a {tuple(b.shape[2:])} conv; only 1x1 merges")
+    delta = b.reshape(b.shape[0], r) @ a.reshape(r, -1)
+    return (delta * (lora_alpha / r)).reshape(shape)
+
+
+def _prod(xs: Iterable[int]) -> int:
+    p = 1
+    for x in xs:
+        p *= int(x)
+    return p
+
+
+def _layers(hf: dict[str, Any], base: str) -> list[int]:
+    pat = re.compile(rf"^{re.escape(base)}\.encoder\.layers\.(\d+)\.")
+    return sorted({int(m[1]) for k in hf if (m := pat.match(k))})
+
+
+def _blocks(hf: dict[str, Any], base: str, out_prefix: str, where: str) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for i in _layers(hf, base):
+        s = f"{base}.encoder.layers.{i}."
+        d = f"{out_prefix}transformer.resblocks.{i}."
+        try:
+            out[d + "attn.in_proj_weight"] = torch.cat([hf[s + f"self_attn.{p}_proj.weight"] for p in "qkv"])
+            out[d + "attn.in_proj_bias"] = torch.cat([hf[s + f"self_attn.{p}_proj.bias"] for p in "qkv"])
+            for src, dst in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                             ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                out[d + dst + ".weight"] = hf[s + src + ".weight"]
+                out[d + dst + ".bias"] = hf[s + src + ".bias"]
+        except KeyError as e:
+            raise CheckpointError(f"{where}: layer {i} of {base} lacks {e.args[0]}") from None
+    return out
+
+
+def hf_text_to_open_clip(hf: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """transformers ``CLIPTextModelWithProjection`` keys -> open_clip ``TextTransformer`` keys."""
+    base = "text_model"
+    try:
+        out = {
+            "token_embedding.weight": hf[f"{base}.embeddings.token_embedding.weight"],
+            "positional_embedding": hf[f"{base}.embeddings.position_embedding.weight"],
+            "ln_final.weight": hf[f"{base}.final_layer_norm.weight"],
+            "ln_final.bias": hf[f"{base}.final_layer_norm.bias"],
+            "text_projection": hf["text_projection.weight"].t().contiguous(),
+        }
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the text tower lacks {e.args[0]}") from None
+    out.update(_blocks(hf, base, "", where))
+    return out
+
+
+def hf_vision_to_open_clip(hf: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """transformers ``CLIPVisionModelWithProjection`` keys -> open_clip ``VisionTransformer`` keys."""
+    base = "vision_model"
+    try:
+        out = {
+            "class_embedding": hf[f"{base}.embeddings.class_embedding"],
+            "positional_embedding": hf[f"{base}.embeddings.position_embedding.weight"],
+            "conv1.weight": hf[f"{base}.embeddings.patch_embedding.weight"],
+            "ln_pre.weight": hf[f"{base}.pre_layrnorm.weight"],
+            "ln_pre.bias": hf[f"{base}.pre_layrnorm.bias"],
+            "ln_post.weight": hf[f"{base}.post_layernorm.weight"],
+            "ln_post.bias": hf[f"{base}.post_layernorm.bias"],
+            "proj": hf["visual_projection.weight"].t().contiguous(),
+        }
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the vision tower lacks {e.args[0]}") from None
+    out.update(_blocks(hf, base, "", where))
+    return out

@@ -1,0 +1,297 @@
+"""``hyperret index IMAGES``: a folder (or list) of images -> an index, resumably.
+
+Worker processes (a torch ``DataLoader``) read, hash, decode and preprocess files
+while the main process runs the model, so decoding overlaps the forward passes.
+Rows are committed in chunks (every ``commit_every`` images or
+``commit_seconds``): a killed run keeps every finished chunk, and a re-run skips
+files whose content (SHA-256) the index already holds. Files that cannot be
+indexed never stop the run: each is written to a JSON-lines report with its
+reason. Every row carries ``uri``, ``sha256``, ``width`` and ``height``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import IndexExistsError, InvalidInputError, ModelMismatchError
+from ..storage.manifest import MANIFEST_NAME
+from .encoder import Encoder
+from .images import MAX_PIXELS, ImageSkipped, decode, read_file
+from .listing import list_images
+
+ALREADY = "already indexed"
+REPORTS_DIR = "reports"
+Progress = Callable[[int], None]  # called with the number of files just handled
+
+
+@dataclass
+class Item:
+    """What a worker made of one file."""
+
+    uri: str
+    sha256: str | None = None
+    width: int = 0
+    height: int = 0
+    pixels: Any = None  # (3, S, S) tensor when decoded
+    reason: str | None = None  # why it is not indexed
+
+
+@dataclass
+class RunSummary:
+    path: str
+    listed: int = 0
+    indexed: int = 0
+    already_indexed: int = 0
+    skipped: int = 0
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+    report: str | None = None
+    commits: int = 0
+    seconds: float = 0.0
+    model_seconds: float = 0.0  # time inside the forward passes
+    rows: int = 0
+    version: int = 0
+    resumed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["images_per_second"] = self.indexed / self.seconds if self.seconds > 0 else 0.0
+        return d
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+class _Files:
+    """A map-style dataset over file paths (a torch Dataset by duck typing)."""
+
+    def __init__(self, files: list[Path], known: frozenset[str], transform: Any, draft: int, max_pixels: int):
+        self.files, self.known, self.transform = files, known, transform
+        self.draft, self.max_pixels = draft, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> Item:
+        path = self.files[i]
+        item = Item(uri=str(path))
+        try:
+            data, item.sha256 = read_file(path)
+            if item.sha256 in self.known:
+                item.reason = ALREADY
+                return item
+            d = decode(data, max_pixels=self.max_pixels, draft=self.draft)
+            item.width, item.height = d.width, d.height
+            item.pixels = self.transform(d.image)
+        except ImageSkipped as e:
+            item.reason = str(e)
+        except Exception as e:  # a decoder bug on one odd file must not end the run
+            item.reason = f"cannot decode: {type(e).__name__}: {e}"
+        return item
+
+
+def _collate(items: list[Item]) -> tuple[list[Item], Any]:
+    import torch
+
+    ok = [it.pixels for it in items if it.pixels is not None]
+    return items, (torch.stack(ok) if ok else None)
+
+
+def index_images(
+    images: str | Path,
+    out: str | Path,
+    encoder: Encoder,
+    *,
+    preset: str | None = None,
+    bounds: Any = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    commit_every: int = 4096,
+    commit_seconds: float = 300.0,
+    max_pixels: int = MAX_PIXELS,
+    report: str | Path | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Embed every image under ``images`` with ``encoder`` into the index at ``out`` (created or resumed).
+
+    ``on_start(total, already)`` is called once the files are listed; ``progress(n)``
+    after each batch with the number of files handled.
+    """
+    from torch.utils.data import DataLoader
+
+    from ..index import Index
+
+    if batch_size < 1 or commit_every < 1:
+        raise InvalidInputError("batch size and commit interval must be positive")
+    t0 = time.perf_counter()
+    out = Path(out)
+    listing = list_images(images)
+    ix, resumed = _open_or_create(out, encoder, preset, bounds, images)
+    summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed)
+    reasons: Counter[str] = Counter()
+    rep = _Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{_stamp()}.jsonl")
+    try:
+        known = _indexed_hashes(ix)
+        for p, why in listing.ignored:
+            rep.write(str(p), why)
+            reasons[_reason_class(why)] += 1
+        if on_start is not None:
+            on_start(len(listing.files), len(known))
+        ds = _Files(listing.files, frozenset(known), encoder.preprocess, 2 * encoder.image_size, max_pixels)
+        n_workers = default_workers() if workers is None else int(workers)
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=n_workers, collate_fn=_collate,
+                            pin_memory=encoder.device.type == "cuda",
+                            prefetch_factor=4 if n_workers > 0 else None, persistent_workers=False)
+        last_commit = time.monotonic()
+        for items, pixels in loader:
+            vectors = None
+            if pixels is not None:
+                tf = time.perf_counter()
+                vectors = encoder.encode_pixels(pixels)
+                summary.model_seconds += time.perf_counter() - tf
+            rows, meta = [], {"uri": [], "sha256": [], "width": [], "height": []}
+            j = -1
+            for it in items:
+                if it.pixels is not None:
+                    j += 1
+                if it.reason == ALREADY or (it.reason is None and it.sha256 in known):
+                    first = known.get(it.sha256)
+                    if first is not None and first != it.uri:
+                        rep.write(it.uri, f"duplicate: same content as {first}")
+                        reasons["duplicate"] += 1
+                    else:
+                        summary.already_indexed += 1
+                    continue
+                if it.reason is not None:
+                    rep.write(it.uri, it.reason)
+                    reasons[_reason_class(it.reason)] += 1
+                    continue
+                known[it.sha256] = it.uri
+                rows.append(j)
+                for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
+                    meta[key].append(v)
+            if rows:
+                ix.add(vectors[np.asarray(rows)], metadata=_meta_table(meta))
+                summary.indexed += len(rows)
+            if ix.pending and (ix.pending >= commit_every or time.monotonic() - last_commit >= commit_seconds):
+                ix.commit()
+                rep.flush()
+                summary.commits += 1
+                last_commit = time.monotonic()
+            if progress is not None:
+                progress(len(items))
+        if ix.pending:
+            ix.commit()
+            summary.commits += 1
+        rep.flush()
+        summary.rows, summary.version = len(ix), ix.version
+    finally:
+        rep.close()
+        ix.close()
+    summary.skipped = sum(reasons.values())
+    summary.skipped_by_reason = dict(reasons)
+    summary.report = str(rep.path) if rep.lines else None
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any, source: Any) -> tuple[Any, bool]:
+    from ..index import Index
+
+    if (out / MANIFEST_NAME).exists():
+        ix = Index.open(out, writable=True)
+        try:
+            check_model(ix.manifest.producer.get("model"), encoder, str(out))
+            if preset is not None and preset != ix.manifest.preset.get("name"):
+                raise InvalidInputError(f"{out} was built with preset {ix.manifest.preset.get('name')}; "
+                                        f"a resumed run keeps it (drop --preset)")
+        except BaseException:
+            ix.close()
+            raise
+        return ix, True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise IndexExistsError(f"{out} exists and is neither an index nor an empty folder")
+    b = bounds if bounds is not None else getattr(encoder, "bounds", None)
+    ix = Index.create(out, dim=encoder.dim, curv=encoder.curv, preset=preset, geometry=encoder.geometry,
+                      modality="image", bounds=b,
+                      producer={"model": encoder.describe(), "source": str(source), "vectors": "images"})
+    return ix, False
+
+
+def check_model(recorded: dict[str, Any] | None, encoder: Encoder, where: str) -> None:
+    """A :class:`ModelMismatchError` unless ``encoder`` is the model ``recorded`` in an index's manifest."""
+    if not recorded:
+        raise ModelMismatchError(f"{where} records no model (it was built from precomputed vectors); "
+                                 f"search it with --vectors")
+    mine = encoder.describe()
+    for key in ("kind", "geometry", "dim", "arch"):
+        if recorded.get(key) != mine.get(key):
+            raise ModelMismatchError(f"model mismatch: {where} was built with {key} {recorded.get(key)!r}, "
+                                     f"the model given has {mine.get(key)!r}")
+    if abs(float(recorded.get("curv", 0.0)) - mine["curv"]) > 1e-6 * mine["curv"]:
+        raise ModelMismatchError(f"model mismatch: {where} has curvature {recorded.get('curv')}, the model "
+                                 f"given {mine['curv']}")
+    if recorded.get("file_sha256") != mine["file_sha256"]:
+        raise ModelMismatchError(f"model mismatch: {where} was built with checkpoint {recorded.get('checkpoint')} "
+                                 f"(sha256 {str(recorded.get('file_sha256'))[:12]}), not {mine['checkpoint']} "
+                                 f"(sha256 {mine['file_sha256'][:12]})")
+
+
+def _indexed_hashes(ix: Any) -> dict[str, str]:
+    """sha256 -> uri of the live rows of an index (empty for a new one)."""
+    if not len(ix) or "sha256" not in ix.manifest.metadata_columns:
+        return {}
+    t = ix.get(ix.ids(), columns=["sha256", "uri"])
+    return dict(zip(t.column("sha256").to_pylist(), t.column("uri").to_pylist()))
+
+
+def _meta_table(meta: dict[str, list[Any]]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({
+        "uri": pa.array(meta["uri"], pa.string()),
+        "sha256": pa.array(meta["sha256"], pa.string()),
+        "width": pa.array(meta["width"], pa.int32()),
+        "height": pa.array(meta["height"], pa.int32()),
+    })
+
+
+def _reason_class(reason: str) -> str:
+    return reason.split(":", 1)[0].split(" (", 1)[0]
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+class _Report:
+    """A JSON-lines file of ``{"uri", "reason"}``, created on the first line."""
+
+    def __init__(self, path: Path):
+        self.path, self.lines, self._f = path, 0, None
+
+    def write(self, uri: str, reason: str) -> None:
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")
+        self._f.write(json.dumps({"uri": uri, "reason": reason}) + "\n")
+        self.lines += 1
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
