@@ -56,7 +56,7 @@ class TinyHySAC(nn.Module):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if "lora_" in name:  # PEFT starts B at zero: make every adapter count
-                    p.copy_(torch.randn_like(p) * 0.5)
+                    p.copy_(torch.randn_like(p) * 0.2)
         self.curv = nn.Parameter(torch.tensor(math.log(0.7)))
         self.visual_alpha = nn.Parameter(torch.tensor(math.log(1.3)))
         self.textual_alpha = nn.Parameter(torch.tensor(math.log(0.8)))

@@ -129,8 +129,6 @@ def index_images(
     """
     from torch.utils.data import DataLoader
 
-    from ..index import Index
-
     if batch_size < 1 or commit_every < 1:
         raise InvalidInputError("batch size and commit interval must be positive")
     t0 = time.perf_counter()
