@@ -167,15 +167,20 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
 
     b = Bounds.load(bounds) if bounds is not None else None
     enc = load_encoder(model, _arch(arch), device, precision=precision)
-    with _progress(quiet, unit="images") as bars:
-        task = bars.add_task("embedding images", total=None)
+    bars = _progress(quiet, unit="images")
+    task = bars.add_task("embedding images", total=None, start=False)
 
-        def started(total: int, already: int) -> None:
-            bars.update(task, total=total)
+    def started(total: int, already: int) -> None:  # the bar appears once the index is open
+        bars.update(task, total=total)
+        bars.start()
+        bars.start_task(task)
 
+    try:
         summary = index_images(source, out, enc, preset=preset, bounds=b, batch_size=batch_size, workers=workers,
                                commit_every=commit_every, commit_seconds=commit_seconds, max_pixels=max_pixels,
                                report=report, on_start=started, progress=lambda n: bars.update(task, advance=n))
+    finally:
+        bars.stop()
     return summary.to_dict()
 
 

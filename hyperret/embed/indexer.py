@@ -27,6 +27,7 @@ from ..storage.manifest import MANIFEST_NAME
 from .encoder import Encoder
 from .images import MAX_PIXELS, ImageSkipped, decode, read_file
 from .listing import list_images
+from .towers import model_config
 
 ALREADY = "already indexed"
 REPORTS_DIR = "reports"
@@ -232,10 +233,14 @@ def check_model(recorded: dict[str, Any] | None, encoder: Encoder, where: str) -
         raise ModelMismatchError(f"{where} records no model (it was built from precomputed vectors); "
                                  f"search it with --vectors")
     mine = encoder.describe()
-    for key in ("kind", "geometry", "dim", "arch"):
+    for key in ("kind", "geometry", "dim"):
         if recorded.get(key) != mine.get(key):
             raise ModelMismatchError(f"model mismatch: {where} was built with {key} {recorded.get(key)!r}, "
                                      f"the model given has {mine.get(key)!r}")
+    if _arch_config(recorded.get("arch")) != _arch_config(mine["arch"]):
+        raise ModelMismatchError(f"model mismatch: {where} was built with architecture "
+                                 f"{_arch_name(recorded.get('arch'))}, the model given is "
+                                 f"{_arch_name(mine['arch'])} with another config")
     if abs(float(recorded.get("curv", 0.0)) - mine["curv"]) > 1e-6 * mine["curv"]:
         raise ModelMismatchError(f"model mismatch: {where} has curvature {recorded.get('curv')}, the model "
                                  f"given {mine['curv']}")
@@ -243,6 +248,19 @@ def check_model(recorded: dict[str, Any] | None, encoder: Encoder, where: str) -
         raise ModelMismatchError(f"model mismatch: {where} was built with checkpoint {recorded.get('checkpoint')} "
                                  f"(sha256 {str(recorded.get('file_sha256'))[:12]}), not {mine['checkpoint']} "
                                  f"(sha256 {mine['file_sha256'][:12]})")
+
+
+def _arch_config(arch: Any) -> dict[str, Any] | None:
+    """An architecture's config without its name (two names for one config are the same model)."""
+    if arch is None:
+        return None
+    cfg = dict(model_config(arch)[1])
+    cfg.pop("name", None)
+    return cfg
+
+
+def _arch_name(arch: Any) -> str:
+    return str(arch.get("name", "custom")) if isinstance(arch, dict) else str(arch)
 
 
 def _indexed_hashes(ix: Any) -> dict[str, str]:
