@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from . import errors, lorentz
@@ -19,8 +21,23 @@ from .presets import Preset, list_presets, load_preset
 from .result import SearchResult
 from .safety import Bounds, Classification, calibrate
 
+if TYPE_CHECKING:
+    from .embed.encoder import CLIPEncoder, HySACEncoder
+
+_LAZY = {"HySACEncoder", "CLIPEncoder", "load_encoder"}  # the model stack (torch) loads on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from .embed import encoder
+
+        return getattr(encoder, name)
+    raise AttributeError(f"module 'hyperret' has no attribute {name!r}")
+
 __all__ = [
     "Index",
+    "HySACEncoder",
+    "CLIPEncoder",
     "SearchResult",
     "QueryPlan",
     "Bounds",

@@ -157,3 +157,21 @@ def test_real_entry_point_prints_one_line(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     p = subprocess.run([sys.executable, "-c", "import hyperret.cli, sys; sys.exit('torch' in sys.modules)"])
     assert p.returncode == 0  # the CLI's vector path never imports torch
+
+
+def test_vector_search_never_imports_torch(tmp_path):
+    """A whole `hyperret search --vectors` run, in a fresh process, leaves torch unimported."""
+    import hyperret
+
+    x = hyperret.lorentz.exp_map0(np.random.default_rng(0).normal(size=(50, 8)) * 0.3, 1.0).astype(np.float32)
+    with hyperret.Index.create(tmp_path / "ix", dim=8, preset="exact") as ix:
+        ix.add(x)
+        ix.commit()
+    np.save(tmp_path / "q.npy", x[:2])
+    code = ("import sys\nfrom hyperret.cli import app\ntry:\n"
+            f"    app(['search', {str(tmp_path / 'ix')!r}, '--vectors', {str(tmp_path / 'q.npy')!r}, '--json'])\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count('"hits"') == 2

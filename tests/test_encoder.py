@@ -22,6 +22,9 @@ from hyperret.errors import CheckpointError  # noqa: E402
 
 TEXTS = ["a photo of a cat", "a dog on a skateboard", "", "an extremely long caption " * 30]
 TOL = 1e-4
+#: hysac_bounds.json's layout: per ViSU class letter, radius statistics
+BOUNDS = {c: {"up_95": u, "low_05": lo, "avg": (u + lo) / 2}
+          for c, u, lo in (("S", 0.5, 0.2), ("U", 1.0, 0.6), ("V", 0.7, 0.3), ("G", 1.3, 0.8))}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +81,19 @@ def test_images_match_transformers_peft(hysac, files, layout):
     ref = hysac.reference_image(pixels).numpy()
     np.testing.assert_allclose(got, ref, atol=TOL, rtol=0)
     assert enc.loaded_towers == ("vision",)
+
+
+def test_uint8_path_equals_float_preprocessing(files):
+    """Workers ship uint8 crops and the device normalises: the same embedding as open_clip's transform."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    imgs = [Image.fromarray(rng.integers(0, 255, (33 + i, 61, 3), dtype=np.uint8)) for i in range(3)]
+    enc = HySACEncoder.from_checkpoint(files["new"], arch=ARCH)
+    u8 = torch.stack([enc.pixel_transform(im) for im in imgs])
+    assert u8.dtype == torch.uint8 and tuple(u8.shape) == (3, 3, 28, 28)
+    ref = enc.encode_pixels(torch.stack([enc.preprocess(im) for im in imgs]))
+    np.testing.assert_allclose(enc.encode_uint8(u8), ref, atol=1e-5, rtol=1e-6)
 
 
 def test_lora_really_merged(hysac, files):
@@ -144,7 +160,10 @@ def test_other_formats_are_refused(tmp_path, content, match):
 def test_missing_checkpoint_and_offline_hub(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         HySACEncoder.from_checkpoint(tmp_path / "nope.pth", arch=ARCH)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(CheckpointError, match="Hugging Face"):
         HySACEncoder.from_checkpoint("aimagelab/hysac-does-not-exist", arch=ARCH)
 
@@ -158,9 +177,7 @@ def test_open_clip_file_is_not_hysac(tmp_path):
 
 def test_bounds_file_beside_the_checkpoint(tmp_path, hysac):
     save_hysac(hysac, tmp_path / "hysac_model.pth")
-    bounds = {c: {"up_95": u, "low_05": lo, "avg": (u + lo) / 2}
-              for c, u, lo in (("S", 0.5, 0.2), ("U", 1.0, 0.6), ("V", 0.7, 0.3), ("G", 1.3, 0.8))}
-    (tmp_path / "hysac_bounds.json").write_text(json.dumps(bounds))
+    (tmp_path / "hysac_bounds.json").write_text(json.dumps(BOUNDS))
     enc = HySACEncoder.from_checkpoint(tmp_path, arch=ARCH)  # a folder holding the official file names
     assert enc.bounds is not None and enc.bounds.stat("V", "up_95") == pytest.approx(0.7)
 
@@ -212,3 +229,26 @@ def test_cuda_matches_cpu(files, precision, tol):
     pix = torch.randn(4, 3, 28, 28)
     a, b = gpu.encode_pixels(pix), cpu.encode_pixels(pix)
     assert np.abs(a - b).max() <= tol * max(1.0, np.abs(b).max())
+
+
+def test_hub_repo_id_from_the_local_cache_offline(tmp_path, monkeypatch, hysac):
+    """`aimagelab/hysac` resolves through huggingface_hub's cache (here filled by hand), offline."""
+    cache = tmp_path / "hub"
+    snap = cache / "models--aimagelab--hysac" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (cache / "models--aimagelab--hysac" / "refs").mkdir()
+    (cache / "models--aimagelab--hysac" / "refs" / "main").write_text("0" * 40)
+    save_hysac(hysac, snap / "hysac_model.pth")
+    (snap / "hysac_bounds.json").write_text(json.dumps(BOUNDS))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    located = ckpt.locate("aimagelab/hysac")
+    assert located.hub and located.path.name == "hysac_model.pth" and located.bounds is not None
+    enc = HySACEncoder.from_checkpoint("aimagelab/hysac", arch=ARCH)
+    assert enc.describe()["checkpoint"] == "aimagelab/hysac"
+    np.testing.assert_allclose(enc.encode_text(TEXTS[:1]), hysac.reference_text(_tokens(TEXTS[:1])).numpy(),
+                               atol=TOL)

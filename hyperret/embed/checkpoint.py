@@ -65,24 +65,40 @@ def _beside(directory: Path) -> Path | None:
 
 
 def _from_hub(repo: str) -> Located:
+    """Download (or find in the local cache, also offline) the first model file the repo has."""
     try:
-        from huggingface_hub import hf_hub_download, list_repo_files
+        from huggingface_hub import hf_hub_download
     except ImportError:
         raise DependencyError(f"{repo} is not a local file, and huggingface_hub is not installed to fetch it") from None
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would break the one-line error
     try:
-        files = set(list_repo_files(repo))
-    except Exception as e:  # offline, unknown repo, auth: all end the same way for the user
-        raise CheckpointError(f"cannot reach the Hugging Face repo {repo} ({_first_line(e)}); "
-                              f"pass a local path to the checkpoint instead") from None
-    name = next((f for f in MODEL_FILES if f in files), None)
-    if name is None:
-        raise CheckpointError(f"the Hugging Face repo {repo} has none of {', '.join(MODEL_FILES)}")
-    try:
-        path = Path(hf_hub_download(repo, name))
-        bounds = Path(hf_hub_download(repo, BOUNDS_FILE)) if BOUNDS_FILE in files else None
-    except Exception as e:
-        raise CheckpointError(f"download of {name} from {repo} failed ({_first_line(e)})") from None
-    return Located(repo, path, bounds, hub=True)
+        return _download(repo, hf_hub_download)
+    finally:
+        hub_log.setLevel(level)
+
+
+def _download(repo: str, hf_hub_download: Any) -> Located:
+    errors: list[str] = []
+    for name in MODEL_FILES:
+        try:
+            path = Path(hf_hub_download(repo, name))
+        except Exception as e:  # not in the repo, offline and not cached, unknown repo, auth
+            errors.append(f"{type(e).__name__}")
+            if type(e).__name__ != "EntryNotFoundError":
+                break  # only "no such file in this repo" is worth trying the next name for
+            continue
+        try:
+            bounds = Path(hf_hub_download(repo, BOUNDS_FILE))
+        except Exception:
+            bounds = None  # optional
+        return Located(repo, path, bounds, hub=True)
+    raise CheckpointError(f"cannot get a model file ({', '.join(MODEL_FILES[:2])}, ...) from the Hugging Face "
+                          f"repo {repo} ({errors[-1] if errors else 'no answer'}; offline, or not cached); "
+                          f"pass a local path to the checkpoint instead")
 
 
 def file_sha256(path: Path) -> str:

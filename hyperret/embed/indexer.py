@@ -42,7 +42,7 @@ class Item:
     sha256: str | None = None
     width: int = 0
     height: int = 0
-    pixels: Any = None  # (3, S, S) tensor when decoded
+    pixels: Any = None  # (3, S, S) uint8 tensor when decoded
     reason: str | None = None  # why it is not indexed
 
 
@@ -57,7 +57,9 @@ class RunSummary:
     report: str | None = None
     commits: int = 0
     seconds: float = 0.0
-    model_seconds: float = 0.0  # time inside the forward passes
+    model_seconds: float = 0.0  # main process: inside the forward passes
+    wait_seconds: float = 0.0  # main process: waiting for decoded batches from the workers
+    write_seconds: float = 0.0  # main process: buffering rows and committing (shards, candidate structure)
     rows: int = 0
     version: int = 0
     resumed: bool = False
@@ -107,6 +109,25 @@ def _collate(items: list[Item]) -> tuple[list[Item], Any]:
     return items, (torch.stack(ok) if ok else None)
 
 
+def _regroup(chunks: Any, batch_size: int) -> Any:
+    """Chunks ``(items, pixels)`` from the loader -> batches of about ``batch_size`` decoded images."""
+    import torch
+
+    items: list[Item] = []
+    pix: list[Any] = []
+    ready = 0
+    for its, px in chunks:
+        items.extend(its)
+        if px is not None:
+            pix.append(px)
+            ready += len(px)
+        if ready >= batch_size:
+            yield items, (torch.cat(pix) if len(pix) > 1 else pix[0])
+            items, pix, ready = [], [], 0
+    if items:
+        yield items, (torch.cat(pix) if len(pix) > 1 else (pix[0] if pix else None))
+
+
 def index_images(
     images: str | Path,
     out: str | Path,
@@ -135,6 +156,7 @@ def index_images(
     t0 = time.perf_counter()
     out = Path(out)
     listing = list_images(images)
+    n_workers = default_workers() if workers is None else int(workers)
     ix, resumed = _open_or_create(out, encoder, preset, bounds, images)
     summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed)
     reasons: Counter[str] = Counter()
@@ -146,17 +168,27 @@ def index_images(
             reasons[_reason_class(why)] += 1
         if on_start is not None:
             on_start(len(listing.files), len(known))
-        ds = _Files(listing.files, frozenset(known), encoder.preprocess, 2 * encoder.image_size, max_pixels)
-        n_workers = default_workers() if workers is None else int(workers)
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=n_workers, collate_fn=_collate,
+        ds = _Files(listing.files, frozenset(known), encoder.pixel_transform, 2 * encoder.image_size, max_pixels)
+        # Workers decode small chunks (so the first forward pass waits for one chunk per worker,
+        # not one whole batch); the main process regroups them into model batches.
+        chunk = max(1, min(32, -(-batch_size // max(1, n_workers))))
+        loader = DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=n_workers, collate_fn=_collate,
                             pin_memory=encoder.device.type == "cuda",
-                            prefetch_factor=4 if n_workers > 0 else None, persistent_workers=False)
+                            prefetch_factor=max(2, 4 * batch_size // (chunk * max(1, n_workers))) if n_workers else None,
+                            persistent_workers=False)
         last_commit = time.monotonic()
-        for items, pixels in loader:
+        batches = _regroup(iter(loader), batch_size)
+        while True:
+            tw = time.perf_counter()
+            nxt = next(batches, None)
+            summary.wait_seconds += time.perf_counter() - tw
+            if nxt is None:
+                break
+            items, pixels = nxt
             vectors = None
             if pixels is not None:
                 tf = time.perf_counter()
-                vectors = encoder.encode_pixels(pixels)
+                vectors = encoder.encode_uint8(pixels)
                 summary.model_seconds += time.perf_counter() - tf
             rows, meta = [], {"uri": [], "sha256": [], "width": [], "height": []}
             j = -1
@@ -179,6 +211,7 @@ def index_images(
                 rows.append(j)
                 for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
                     meta[key].append(v)
+            tw = time.perf_counter()
             if rows:
                 ix.add(vectors[np.asarray(rows)], metadata=_meta_table(meta))
                 summary.indexed += len(rows)
@@ -187,11 +220,14 @@ def index_images(
                 rep.flush()
                 summary.commits += 1
                 last_commit = time.monotonic()
+            summary.write_seconds += time.perf_counter() - tw
             if progress is not None:
                 progress(len(items))
+        tw = time.perf_counter()
         if ix.pending:
             ix.commit()
             summary.commits += 1
+        summary.write_seconds += time.perf_counter() - tw
         rep.flush()
         summary.rows, summary.version = len(ix), ix.version
     finally:

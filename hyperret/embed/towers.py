@@ -109,6 +109,23 @@ def preprocess(cfg: dict[str, Any]) -> Any:
     )
 
 
+def split_preprocess(cfg: dict[str, Any]) -> tuple[Any, tuple[float, ...], tuple[float, ...]]:
+    """``(pil_to_uint8, mean, std)``: the eval transform up to an ``(3, S, S)`` uint8 tensor, and the
+    normalisation that follows (``(x / 255 - mean) / std``), to run on the model's device."""
+    from torchvision import transforms as T
+
+    full = preprocess(cfg)
+    steps, mean, std = [], None, None
+    for t in full.transforms:
+        if isinstance(t, T.Normalize):
+            mean, std = tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std)
+        elif "ToTensor" not in type(t).__name__:
+            steps.append(t)
+    if mean is None:
+        raise CheckpointError("the architecture's preprocessing has no Normalize step")
+    return T.Compose([*steps, T.PILToTensor()]), mean, std
+
+
 def image_size(cfg: dict[str, Any]) -> int:
     s = cfg["vision_cfg"].get("image_size", 224)
     return int(max(s) if isinstance(s, (list, tuple)) else s)
