@@ -11,7 +11,6 @@ so only the tensors a caller touches are read), safetensors through
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,15 +206,6 @@ def _torch_load(path: Path, *, mmap: bool) -> dict[str, Any]:
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
     return obj
-
-
-def read_json(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable JSON ({e})") from None
 
 
 def _first_line(e: BaseException) -> str:
