@@ -134,7 +134,8 @@ class Encoder:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
         if self._norm is None:
-            _, mean, std = self._split if self._split is not None else towers.split_preprocess(self.config)
+            _ = self.pixel_transform  # builds self._split
+            _, mean, std = self._split
             self._norm = (torch.tensor(mean, device=self.device).view(1, 3, 1, 1),
                           torch.tensor(std, device=self.device).view(1, 3, 1, 1))
         with torch.inference_mode():

@@ -196,27 +196,7 @@ def index_images(
                 tf = time.perf_counter()
                 vectors = encoder.encode_uint8(pixels)
                 summary.model_seconds += time.perf_counter() - tf
-            rows, meta = [], {"uri": [], "sha256": [], "width": [], "height": []}
-            j = -1
-            for it in items:
-                if it.decoded:
-                    j += 1
-                if it.reason == ALREADY or (it.reason is None and it.sha256 in known):
-                    first = known.get(it.sha256)
-                    if first is not None and first != it.uri:
-                        rep.write(it.uri, f"duplicate: same content as {first}")
-                        reasons["duplicate"] += 1
-                    else:
-                        summary.already_indexed += 1
-                    continue
-                if it.reason is not None:
-                    rep.write(it.uri, it.reason)
-                    reasons[_reason_class(it.reason)] += 1
-                    continue
-                known[it.sha256] = it.uri
-                rows.append(j)
-                for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
-                    meta[key].append(v)
+            rows, meta = _triage(items, known, rep, reasons, summary)
             tw = time.perf_counter()
             if rows:
                 ix.add(vectors[np.asarray(rows)], metadata=_meta_table(meta))
@@ -244,6 +224,33 @@ def index_images(
     summary.report = str(rep.path) if rep.lines else None
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _triage(items: list[Item], known: dict[str, str], rep: "_Report", reasons: Counter[str],
+            summary: RunSummary) -> tuple[list[int], dict[str, list[Any]]]:
+    """Which rows of a batch's vectors to add (and their metadata); the rest are counted or reported."""
+    rows: list[int] = []
+    meta: dict[str, list[Any]] = {"uri": [], "sha256": [], "width": [], "height": []}
+    j = -1  # row of the batch tensor
+    for it in items:
+        if it.decoded:
+            j += 1
+        if it.reason == ALREADY or (it.reason is None and it.sha256 in known):
+            first = known.get(it.sha256)
+            if first is not None and first != it.uri:
+                rep.write(it.uri, f"duplicate: same content as {first}")
+                reasons["duplicate"] += 1
+            else:
+                summary.already_indexed += 1
+        elif it.reason is not None:
+            rep.write(it.uri, it.reason)
+            reasons[_reason_class(it.reason)] += 1
+        else:
+            known[it.sha256] = it.uri
+            rows.append(j)
+            for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
+                meta[key].append(v)
+    return rows, meta
 
 
 def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any, source: Any) -> tuple[Any, bool]:
