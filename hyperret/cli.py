@@ -63,10 +63,10 @@ def _errors(fn: F) -> F:
 
 def _progress(quiet: bool, unit: str = "rows"):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    class Speed(TaskProgressColumn):
+    class Speed(ProgressColumn):
         def render(self, task: Any) -> Any:
             from rich.text import Text
 
@@ -372,21 +372,22 @@ def _embed_queries(ix: Any, texts: list[str], images: list[Path], *, model: str 
     from .errors import ModelMismatchError
 
     recorded = ix.manifest.producer.get("model")
+    arch_ = _arch(arch) if arch else (recorded or {}).get("arch")
     if model is None:
         if not recorded:
             raise ModelMismatchError(f"{ix.path} records no model (built from precomputed vectors): pass --model, "
                                      f"or search with --vectors")
         spec = recorded["checkpoint"]
-        enc = load_encoder(spec, _arch(arch) if arch else recorded.get("arch"), device, kind=recorded["kind"],
+        enc = load_encoder(spec, arch_, device, kind=recorded["kind"],
                            lora_alpha=float(recorded.get("lora_alpha", 1.0)))
         size = enc.located.path.stat().st_size
         if size != recorded.get("file_bytes"):
             raise ModelMismatchError(f"the checkpoint {spec} has changed since {ix.path} was built "
                                      f"({recorded.get('file_bytes')} bytes then, {size} now)")
     else:
-        enc = load_encoder(model, _arch(arch) if arch else (recorded or {}).get("arch"), device)
-    if model is not None and recorded:
-        check_model(recorded, enc, str(ix.path))
+        enc = load_encoder(model, arch_, device)
+        if recorded:
+            check_model(recorded, enc, str(ix.path))
     parts = [np.zeros((0, enc.dim), np.float32)]
     if texts:
         parts.append(enc.encode_text(texts))

@@ -86,13 +86,13 @@ def _layers(hf: dict[str, Any], base: str) -> list[int]:
     return sorted({int(m[1]) for k in hf if (m := pat.match(k))})
 
 
-def _blocks(hf: dict[str, Any], base: str, out_prefix: str, where: str) -> dict[str, Any]:
+def _blocks(hf: dict[str, Any], base: str, where: str) -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {}
     for i in _layers(hf, base):
         s = f"{base}.encoder.layers.{i}."
-        d = f"{out_prefix}transformer.resblocks.{i}."
+        d = f"transformer.resblocks.{i}."
         try:
             out[d + "attn.in_proj_weight"] = torch.cat([hf[s + f"self_attn.{p}_proj.weight"] for p in "qkv"])
             out[d + "attn.in_proj_bias"] = torch.cat([hf[s + f"self_attn.{p}_proj.bias"] for p in "qkv"])
@@ -105,38 +105,43 @@ def _blocks(hf: dict[str, Any], base: str, out_prefix: str, where: str) -> dict[
     return out
 
 
+#: Per tower: the transformers model prefix, open_clip key <- transformers key (under the prefix),
+#: and the projection (transposed: open_clip stores it ``width x embed_dim``).
+_TOWERS = {
+    "text": ("text_model", {
+        "token_embedding.weight": "embeddings.token_embedding.weight",
+        "positional_embedding": "embeddings.position_embedding.weight",
+        "ln_final.weight": "final_layer_norm.weight",
+        "ln_final.bias": "final_layer_norm.bias",
+    }, ("text_projection", "text_projection.weight")),
+    "vision": ("vision_model", {
+        "class_embedding": "embeddings.class_embedding",
+        "positional_embedding": "embeddings.position_embedding.weight",
+        "conv1.weight": "embeddings.patch_embedding.weight",
+        "ln_pre.weight": "pre_layrnorm.weight",
+        "ln_pre.bias": "pre_layrnorm.bias",
+        "ln_post.weight": "post_layernorm.weight",
+        "ln_post.bias": "post_layernorm.bias",
+    }, ("proj", "visual_projection.weight")),
+}
+
+
+def _to_open_clip(hf: dict[str, Any], tower: str, where: str) -> dict[str, Any]:
+    base, keys, (proj_dst, proj_src) = _TOWERS[tower]
+    try:
+        out = {dst: hf[f"{base}.{src}"] for dst, src in keys.items()}
+        out[proj_dst] = hf[proj_src].t().contiguous()
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the {tower} tower lacks {e.args[0]}") from None
+    out.update(_blocks(hf, base, where))
+    return out
+
+
 def hf_text_to_open_clip(hf: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
     """transformers ``CLIPTextModelWithProjection`` keys -> open_clip ``TextTransformer`` keys."""
-    base = "text_model"
-    try:
-        out = {
-            "token_embedding.weight": hf[f"{base}.embeddings.token_embedding.weight"],
-            "positional_embedding": hf[f"{base}.embeddings.position_embedding.weight"],
-            "ln_final.weight": hf[f"{base}.final_layer_norm.weight"],
-            "ln_final.bias": hf[f"{base}.final_layer_norm.bias"],
-            "text_projection": hf["text_projection.weight"].t().contiguous(),
-        }
-    except KeyError as e:
-        raise CheckpointError(f"{where}: the text tower lacks {e.args[0]}") from None
-    out.update(_blocks(hf, base, "", where))
-    return out
+    return _to_open_clip(hf, "text", where)
 
 
 def hf_vision_to_open_clip(hf: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
     """transformers ``CLIPVisionModelWithProjection`` keys -> open_clip ``VisionTransformer`` keys."""
-    base = "vision_model"
-    try:
-        out = {
-            "class_embedding": hf[f"{base}.embeddings.class_embedding"],
-            "positional_embedding": hf[f"{base}.embeddings.position_embedding.weight"],
-            "conv1.weight": hf[f"{base}.embeddings.patch_embedding.weight"],
-            "ln_pre.weight": hf[f"{base}.pre_layrnorm.weight"],
-            "ln_pre.bias": hf[f"{base}.pre_layrnorm.bias"],
-            "ln_post.weight": hf[f"{base}.post_layernorm.weight"],
-            "ln_post.bias": hf[f"{base}.post_layernorm.bias"],
-            "proj": hf["visual_projection.weight"].t().contiguous(),
-        }
-    except KeyError as e:
-        raise CheckpointError(f"{where}: the vision tower lacks {e.args[0]}") from None
-    out.update(_blocks(hf, base, "", where))
-    return out
+    return _to_open_clip(hf, "vision", where)
