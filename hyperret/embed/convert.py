@@ -11,6 +11,19 @@ Two steps, each a pure function of tensors:
    transformers CLIP keys to open_clip's: ``q/k/v_proj`` concatenate into
    ``attn.in_proj_*``, ``fc1/fc2`` become ``mlp.c_fc/c_proj``, projections are
    transposed (open_clip stores ``width x embed_dim``).
+
+Every key is accounted for: a key the conversion neither maps nor knows to be
+inert is a :class:`CheckpointError`, never silently dropped. Two keys need care:
+
+- ``embeddings.position_ids`` (a buffer transformers 4.31 still saved) is inert
+  when it holds ``0 .. L-1``, as transformers makes it; anything else is refused.
+- ``embeddings.patch_embedding.bias``: PEFT 0.4.0 (the version HySAC pins)
+  rebuilds a LoRA-wrapped ``Conv2d`` with its default ``bias=True`` and keeps
+  that randomly initialised bias, so HySAC's own forward adds it to every patch
+  token. open_clip's ``conv1`` has no bias; since the patch tokens get the
+  positional embedding added right after the convolution, the bias is folded
+  into the patch positions (``positional_embedding[1:] += bias``; row 0 is the
+  class token's), which is the same forward up to float rounding.
 """
 
 from __future__ import annotations
@@ -40,8 +53,9 @@ def merge_lora(names: Iterable[str], get: Getter, prefix: str, *, lora_alpha: fl
         if m:
             adapters.setdefault(m["module"], {})[m["ab"]] = n
             adapter_names.add(m["adapter"] or "")
-        elif ".lora_" in key:
-            continue  # dropout and embedding adapters carry no weight to merge here
+        elif ".lora_" in key:  # embedding adapters, DoRA magnitudes: they change the forward
+            raise CheckpointError(f"{where}: {n} is a kind of adapter hyperret does not merge (only LoRA A/B "
+                                  f"matrices of Linear and Conv2d layers)")
         else:
             plain[key.replace(".base_layer.", ".")] = n
     if len(adapter_names) > 1:
@@ -126,6 +140,12 @@ _TOWERS = {
 }
 
 
+#: Per-layer transformers keys (under ``encoder.layers.N.``) that :func:`_blocks` maps.
+_BLOCK_KEYS = tuple(f"{m}.{p}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
+                    for p in ("weight", "bias"))
+
+
 def _to_open_clip(hf: dict[str, Any], tower: str, where: str) -> dict[str, Any]:
     base, keys, (proj_dst, proj_src) = _TOWERS[tower]
     try:
@@ -134,7 +154,42 @@ def _to_open_clip(hf: dict[str, Any], tower: str, where: str) -> dict[str, Any]:
     except KeyError as e:
         raise CheckpointError(f"{where}: the {tower} tower lacks {e.args[0]}") from None
     out.update(_blocks(hf, base, where))
+    used = {f"{base}.{src}" for src in keys.values()} | {proj_src}
+    used |= {f"{base}.encoder.layers.{i}.{k}" for i in _layers(hf, base) for k in _BLOCK_KEYS}
+    pos_ids = f"{base}.embeddings.position_ids"
+    if pos_ids in hf:
+        _check_position_ids(hf[pos_ids], pos_ids, where)
+        used.add(pos_ids)
+    bias = f"{base}.embeddings.patch_embedding.bias"
+    if tower == "vision" and bias in hf:
+        out["positional_embedding"] = fold_patch_bias(out["positional_embedding"], hf[bias], where)
+        used.add(bias)
+    unknown = sorted(set(hf) - used)
+    if unknown:
+        raise CheckpointError(f"{where}: the {tower} tower has weights hyperret does not know how to map "
+                              f"({', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}); refusing to drop "
+                              f"them, since they may change the embeddings")
     return out
+
+
+def fold_patch_bias(pos: Any, bias: Any, where: str = "checkpoint") -> Any:
+    """Positional embedding ``(1 + P, W)`` with a patch-embedding bias ``(W,)`` added to the ``P`` patch rows."""
+    if tuple(bias.shape) != (pos.shape[1],):
+        raise CheckpointError(f"{where}: patch_embedding.bias is {tuple(bias.shape)}, the tower's width is "
+                              f"{pos.shape[1]}")
+    out = pos.float().clone()
+    out[1:] += bias.float()
+    return out
+
+
+def _check_position_ids(ids: Any, name: str, where: str) -> None:
+    """transformers' ``position_ids`` buffer: inert only as ``0 .. L-1``."""
+    import torch
+
+    flat = ids.reshape(-1)
+    if ids.dtype.is_floating_point or not torch.equal(flat.long(), torch.arange(flat.numel())):
+        raise CheckpointError(f"{where}: {name} is not 0 .. {flat.numel() - 1}: such positions change the "
+                              f"embeddings and open_clip's towers cannot reproduce them")
 
 
 def hf_text_to_open_clip(hf: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:

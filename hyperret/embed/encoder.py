@@ -28,6 +28,9 @@ from .images import ImageSkipped, decode, read_file, to_rgb
 DEFAULT_ARCH = "ViT-L-14-quickgelu"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 HYSAC_SCALARS = ("curv", "visual_alpha", "textual_alpha")
+#: Top-level entries of HySAC's state dict that the embeddings do not use: the contrastive
+#: temperature and the training-time pixel statistics (preprocessing uses CLIP's own).
+HYSAC_UNUSED = ("logit_scale", "pixel_mean", "pixel_std")
 
 
 class Encoder:
@@ -256,6 +259,12 @@ class HySACEncoder(Encoder):
         self.textual_scale = math.exp(head["textual_alpha"])
         self._text_prefix = _peft_prefix(tensors.keys(), "textual.", "text_model.", where)
         self._vision_prefix = _peft_prefix(tensors.keys(), "visual.", "vision_model.", where)
+        towers_ = (self._text_prefix, self._vision_prefix)
+        stray = [k for k in tensors.keys() if k not in HYSAC_SCALARS + HYSAC_UNUSED and not k.startswith(towers_)]
+        if stray:
+            raise CheckpointError(f"{where}: entries outside HySAC's layout ({', '.join(stray[:3])}"
+                                  f"{' ...' if len(stray) > 3 else ''}); refusing to drop them, since they may "
+                                  f"change the embeddings")
         self.bounds = None
         if located.bounds is not None:
             from ..safety.bounds import Bounds
