@@ -118,9 +118,8 @@ class Index:
                 raise InvalidInputError("safety bounds need a hyperbolic (lorentz) index, not a cosine one")
         if b is not None:
             b.check_curv(curv)
-            missing = [m for m in ((modality,) if modality != "mixed" else MODALITIES) if m not in b.thresholds]
-            if missing:
-                raise InvalidInputError(f"the bounds have no threshold for {missing[0]} rows")
+            for m in (modality,) if modality != "mixed" else MODALITIES:
+                b.threshold(m, why=f"an index with bounds labels every row: labelling {m} rows")
         p = preset if isinstance(preset, Preset) else load_preset(preset)
         if (path / MANIFEST_NAME).exists():
             raise IndexExistsError(f"an index already exists at {path}")
@@ -536,7 +535,13 @@ class Index:
             plan = make_plan(q, curv=self.curv, policy=policy, modality=modality, index_modality=self.modality,
                              bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
                              target=target)
-            labels = snap.unsafe_rows(override) if b is not None else None
+            labels = None
+            if b is not None:
+                unlabelled = [m for m in self._row_modalities() if not b.can_classify(m)]
+                if not unlabelled:
+                    labels = snap.unsafe_rows(override)
+                elif len(plan.filtered):  # HySAC's minimal bounds redirect, but cannot label rows
+                    b.threshold(unlabelled[0], why=f"policy 'filter' (labelling the {unlabelled[0]} rows)")
             if candidates is not None and candidates < k:
                 raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
             if dedup_radius is None:
@@ -555,6 +560,9 @@ class Index:
             ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap,
             unsafe=hit_unsafe, plans=plan.plans,
         )
+
+    def _row_modalities(self) -> tuple[str, ...]:
+        return MODALITIES if self.modality == "mixed" else (self.modality,)
 
     def _ranked(self, snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int,
                 candidates: int | None) -> tuple[np.ndarray, np.ndarray]:

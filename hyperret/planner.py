@@ -5,9 +5,12 @@ policy in force, the query actually searched, and a :class:`QueryPlan` recording
 it all. Policies (one per call, or one per query in a batch):
 
 - ``off``: the query as it is; nothing is classified away.
-- ``redirect``: a query the bounds call unsafe is moved toward the origin (the
-  safety traversal, mode ``geodesic`` (default) or ``hysac``); safe queries are
-  never touched.
+- ``redirect``: a query is moved toward the origin (the safety traversal). Mode
+  ``geodesic`` (default) moves the queries the bounds classify unsafe, and never
+  touches a safe one; mode ``hysac`` is HySAC's own rule: it moves every query
+  whose distance to the origin exceeds its target, whatever the classifier says
+  (:mod:`hyperret.safety.traversal`), and needs only the ``up_95`` of the safe
+  class being retrieved.
 - ``filter``: unsafe hits are dropped in the rerank and the list is refilled to
   ``k`` from further candidates.
 - ``block``: an unsafe query gets no results, with the reason.
@@ -145,20 +148,12 @@ def make_plan(
     if bounds is not None:
         bounds.check_curv(curv)
     radius = lorentz.radius(queries, curv)
-    if bounds is not None and m:
-        unsafe, score = classify_radius(radius, mod, bounds)
-    else:
-        unsafe, score = None, None
     target_mod = mod if index_modality == "mixed" else np.full(m, index_modality)
     out = queries.copy()
-    plans = []
-    for i in range(m):
-        p = QueryPlan(query=i, policy=policies[i], modality=str(mod[i]), target_modality=str(target_mod[i]),
-                      radius=float(radius[i]))
-        if unsafe is not None:
-            p.unsafe, p.unsafe_score = bool(unsafe[i]), float(score[i])
-            p.query_class = MODALITY_CLASSES[p.modality][int(p.unsafe)]
-        plans.append(p)
+    plans = [QueryPlan(query=i, policy=policies[i], modality=str(mod[i]), target_modality=str(target_mod[i]),
+                       radius=float(radius[i])) for i in range(m)]
+    if bounds is not None:
+        _classify(plans, radius, mod, bounds, redirect_mode)
     for i, p in enumerate(plans):
         if p.policy == "off":
             p.reason = "searched as given"
@@ -173,16 +168,42 @@ def make_plan(
             else:
                 p.reason = "safe query, searched as given"
         elif p.policy == "redirect":
-            if not p.unsafe:
-                p.reason = "safe query, searched as given"
-            else:
+            if redirect_mode == "hysac" or p.unsafe:  # HySAC's rule is its own gate
                 _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=True)
+            else:
+                p.reason = "safe query, searched as given"
         elif p.policy == "outward":
             _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=False)
     idx = np.arange(m, dtype=np.int64)
     acts = np.array([p.action for p in plans]) if m else np.zeros(0, dtype=str)
     return Plan(queries=out, plans=plans, plain=idx[(acts != "filter") & (acts != "block")],
                 filtered=idx[acts == "filter"], blocked=idx[acts == "block"])
+
+
+def _classify(plans: list[QueryPlan], radius: np.ndarray, mod: np.ndarray, bounds: Bounds,
+              redirect_mode: str) -> None:
+    """Fill in each plan's verdict where the bounds can classify its modality.
+
+    Queries whose policy depends on the verdict (``block``; ``redirect`` in the
+    ``geodesic`` mode) need it: for those an unclassifiable modality is an error
+    naming what the bounds lack. Others go without a verdict (``unsafe`` None).
+    """
+    for m in MODALITY_CLASSES:
+        sel = np.flatnonzero(mod == m)
+        if not len(sel):
+            continue
+        if not bounds.can_classify(m):
+            for i in sel:
+                p = plans[i]
+                if p.policy == "block" or (p.policy == "redirect" and redirect_mode == "geodesic"):
+                    what = "policy 'block'" if p.policy == "block" else "the geodesic redirect"
+                    bounds.threshold(m, why=f"{what} on {m} queries")  # raises, naming what is missing
+            continue
+        unsafe, score = classify_radius(radius[sel], m, bounds)
+        for j, i in enumerate(sel):
+            p = plans[i]
+            p.unsafe, p.unsafe_score = bool(unsafe[j]), float(score[j])
+            p.query_class = MODALITY_CLASSES[m][int(p.unsafe)]
 
 
 def _move(out: np.ndarray, i: int, p: QueryPlan, bounds: Bounds, curv: float, mode: str, alpha: float,
@@ -194,13 +215,15 @@ def _move(out: np.ndarray, i: int, p: QueryPlan, bounds: Bounds, curv: float, mo
     p.action = "redirect" if inward else "outward"
     p.redirect_mode = mode
     if mode == "hysac":
-        b = bounds.stat(letter, "up_95")
+        b = bounds.stat(letter, "up_95", why=f"the hysac {'redirect' if inward else 'outward move'} to "
+                                             f"{p.target_modality}")
         p.target_radius = hysac_target(b, curv, alpha)
         moved_q, moved = (hysac_redirect if inward else hysac_outward)(q, b, curv, alpha)
         rule = f"HySAC target {p.target_radius:.4g} from {letter} up_95 {b:.4g}"
     else:
         key = target if target is not None else DEFAULT_TARGET[p.action]
-        r_t = float(key) if isinstance(key, (int, float)) else bounds.stat(letter, str(key))
+        r_t = float(key) if isinstance(key, (int, float)) else bounds.stat(
+            letter, str(key), why=f"the geodesic {'redirect' if inward else 'outward move'} to {p.target_modality}")
         p.target_radius = r_t
         moved_q, moved = (geodesic_redirect if inward else geodesic_outward)(q, r_t, curv)
         rule = f"target radius {r_t:.4g} ({letter} {key})"

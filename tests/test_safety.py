@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hyperret.planner import make_plan
 from hyperret.safety import Bounds, calibrate, classify
 from hyperret.safety.bounds import choose_threshold
 from hyperret.safety.evaluate import auroc, evaluate, markdown
-from hyperret.safety.traversal import geodesic_move, hysac_target, tangent_path
+from hyperret.safety.traversal import geodesic_move, tangent_path
 from hyperret.synthetic import make_points, make_quadruples
 
 CURV = 1.0
@@ -131,29 +130,6 @@ def test_auroc_matches_pair_counting():
 
 
 # ------------------------------------------------------------ traversals
-def test_hysac_mode_is_the_reference_formula_to_the_last_bit(bounds):
-    rng = np.random.default_rng(4)
-    q = (rng.standard_normal((200, DIM)) * rng.uniform(0.1, 20, (200, 1)) / np.sqrt(DIM)).astype(np.float32)
-    plan = make_plan(q, curv=CURV, policy="redirect", modality="text", index_modality="image", bounds=bounds,
-                     redirect_mode="hysac")
-    # HySAC's traverse_to_safe_image, transcribed: bound from V's up_95, tanh offset, Euclidean rescale
-    b = bounds.classes["V"]["up_95"]
-    ub = b + (math.tanh((b - 0.8) / CURV) + 1)
-    expected = q.copy()
-    unsafe = classify(q, bounds, CURV, "text").unsafe
-    moved = 0
-    for i in range(len(q)):
-        x = q[i].astype(np.float64)
-        dist = np.arcsinh(np.sqrt(CURV) * np.sqrt(np.sum(x * x))) / np.sqrt(CURV)
-        if unsafe[i] and dist > ub:
-            expected[i] = (ub * (x / np.sqrt(np.sum(x * x)))).astype(np.float32)
-            moved += 1
-    assert 0 < moved < len(q)
-    assert plan.queries.tobytes() == expected.tobytes()
-    assert [p.moved for p in plan.plans].count(True) == moved
-    assert plan.plans[0].target_radius == ub == hysac_target(b, CURV)
-
-
 @pytest.mark.parametrize("curv", [0.5, 1.0, 3.0])
 def test_geodesic_mode_lands_at_its_target_radius(curv):
     b = _bounds(seed=5, curv=curv)

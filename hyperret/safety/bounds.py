@@ -9,7 +9,10 @@ only), plus hyperret's per-modality thresholds: the radius above which an item i
 called unsafe, the criterion that chose it, and a logistic calibration of the
 probability of being unsafe given the radius. HySAC's official
 ``hysac_bounds.json`` (letters only) loads too; its thresholds are then derived
-from the class statistics (see :func:`derived_threshold`).
+from the class statistics (see :func:`derived_threshold`). A minimal file loads as
+well: HySAC's redirect needs only the safe classes' ``up_95`` (``S`` and ``V``);
+whatever needs more (classifying a modality needs both of its classes, or a
+threshold) fails with an error naming what is missing.
 
 Units: radii are geodesic distances on the hyperboloid of curvature ``-curv``.
 """
@@ -75,18 +78,32 @@ class Bounds:
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ----------------------------------------------------------- lookups
-    def stat(self, letter: str, key: str) -> float:
-        """One statistic, e.g. ``stat("V", "up_95")``; a clear error if absent."""
+    def stat(self, letter: str, key: str, why: str = "") -> float:
+        """One statistic, e.g. ``stat("V", "up_95")``; absent: an error naming it (and ``why`` it is needed)."""
         try:
             return float(self.classes[letter][key])
         except KeyError:
-            raise InvalidInputError(f"bounds have no {key!r} for class {letter!r}") from None
+            raise InvalidInputError(f"{why}{': ' if why else ''}the bounds have no {key!r} for class {letter!r} "
+                                    f"({self._holding()})") from None
 
-    def threshold(self, modality: str) -> Threshold:
-        """The decision rule for ``modality`` (``text`` or ``image``)."""
+    def can_classify(self, modality: str) -> bool:
+        """Whether items of ``modality`` can be called safe or unsafe (a threshold, given or derived)."""
+        return modality in self.thresholds
+
+    def threshold(self, modality: str, why: str = "") -> Threshold:
+        """The decision rule for ``modality`` (``text`` or ``image``); absent: an error naming what is missing."""
         if modality not in self.thresholds:
-            raise InvalidInputError(f"bounds have no threshold for modality {modality!r}")
+            if modality not in MODALITY_CLASSES:
+                raise InvalidInputError(f"unknown modality {modality!r} (expected text or image)")
+            safe, unsafe = MODALITY_CLASSES[modality]
+            raise InvalidInputError(f"{why or f'classifying {modality}'} needs both classes {safe} and {unsafe} "
+                                    f"(or a threshold for {modality}) in the bounds ({self._holding()})")
         return self.thresholds[modality]
+
+    def _holding(self) -> str:
+        parts = [f"{c}: {', '.join(self.classes[c])}" for c in CLASSES if c in self.classes]
+        parts += [f"{m} threshold" for m in MODALITIES if m in self.thresholds]
+        return f"{self.source or 'they'} {'hold ' + '; '.join(parts) if parts else 'hold nothing'}"
 
     def check_curv(self, curv: float) -> None:
         """Radii depend on the curvature: refuse bounds calibrated at another one."""
@@ -141,10 +158,8 @@ class Bounds:
         for m, (safe, unsafe) in MODALITY_CLASSES.items():
             if m not in thresholds and safe in classes and unsafe in classes:
                 thresholds[m] = derived_threshold(classes[safe], classes[unsafe])
-        if not thresholds:
-            raise InvalidInputError(
-                f"{source or 'bounds'}: no modality can be classified (need S and U, or V and G, or thresholds)"
-            )
+        if not classes and not thresholds:
+            raise InvalidInputError(f"{source or 'bounds'}: no class statistics (S, U, V, G) and no thresholds")
         curv = d.get("curv")
         return cls(classes=classes, thresholds=thresholds, curv=float(curv) if curv is not None else None,
                    source=str(d.get("source") or source), extra=dict(d.get("extra") or {}))

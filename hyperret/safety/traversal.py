@@ -8,9 +8,18 @@ Two redirection modes:
 - ``hysac`` reproduces HySAC's reference code (``traverse_to_safe_image`` /
   ``traverse_to_safe_text``): with ``b`` the ``up_95`` radius of the safe class of
   the modality being retrieved, ``target = b + (tanh((b - alpha) / curv) + 1)``;
-  a query whose radius exceeds ``target`` gets its space components rescaled to
-  Euclidean norm ``target`` (so its radius becomes ``asinh(sqrt(c) target) / sqrt(c)``,
-  not ``target``). The ``+ 1`` was tuned on the official model's radii.
+  a query whose distance to the origin exceeds ``target`` gets its space components
+  rescaled to Euclidean norm ``target`` (so its radius becomes
+  ``asinh(sqrt(c) target) / sqrt(c)``, not ``target``), whatever any classifier
+  says of it. The ``+ 1`` was tuned on the official model's radii. The reference
+  computes in float32 (torch), and so does this mode, operation for operation: the
+  distance ``acosh(c sqrt(1/c) sqrt(1/c + |q|^2)) / sqrt(c)`` compared with the
+  target rounded to float32, and the point ``float32(target) * (q / |q|)``. Only the
+  two float32 sums (``|q|^2`` and ``|q|``) are correctly rounded here, where torch
+  accumulates in float32 in an order of its own: measured against the reference
+  (``docs/benchmarks.md``), 64-70% of moved queries are bit-identical and the rest
+  within 4 float32 ulps, and a decision can differ only for a query within about
+  3e-6 (relative) of the target.
 - ``geodesic`` moves the query along its own geodesic to the origin (the ray of
   ``q_s``) until its radius is exactly the target radius, a statistic of the safe
   class of the modality being retrieved; it never moves a query outward.
@@ -29,33 +38,58 @@ HYSAC_ALPHA = 0.8
 
 
 def hysac_target(bound: float, curv: float, alpha: float = HYSAC_ALPHA) -> float:
-    """HySAC's traversal target ``b + (tanh((b - alpha) / curv) + 1)`` (a Euclidean norm)."""
-    return bound + (math.tanh((bound - alpha) / curv) + 1)
+    """HySAC's traversal target ``b + (tanh((b - alpha) / curv) + 1)`` (a Euclidean norm).
+
+    The quotient is float32, as in the reference, where a Python float over the float32
+    tensor ``curv.exp()`` is torch's ``reciprocal(curv) * (b - alpha)``; the rest is float64
+    (Python's ``math``).
+    """
+    q = (np.float32(1.0) / np.float32(curv)) * np.float32(bound - alpha)
+    return bound + (math.tanh(float(q)) + 1)
+
+
+def hysac_radius(q: np.ndarray, curv: float) -> np.ndarray:
+    """The reference's float32 distance to the origin of ``q: (m, D)`` -> ``(m,)`` float32.
+
+    HySAC's ``pairwise_dist(0, q)``: ``acosh(max(c x_t y_t, 1)) / sqrt(c)`` with the origin's
+    time component ``x_t = sqrt(1/c)`` and ``y_t = sqrt(1/c + |q|^2)``, every step rounded to
+    float32 (``|q|^2`` is summed exactly, then rounded). For HySAC's decision only: the
+    engine's :func:`hyperret.lorentz.radius` is the accurate one.
+    """
+    x = np.atleast_2d(np.asarray(q, dtype=np.float32)).astype(np.float64)
+    c = np.float32(curv)
+    sq = np.einsum("ij,ij->i", x, x).astype(np.float32)
+    inv = np.float32(1.0) / c
+    arg = c * (np.sqrt(inv) * np.sqrt(inv + sq))
+    return (np.arccosh(np.maximum(arg, np.float32(1.0))) / np.sqrt(c)).astype(np.float32)
 
 
 def hysac_redirect(q: np.ndarray, bound: float, curv: float, alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """HySAC's inward traversal of queries ``q: (m, D)`` -> ``(moved queries (m, D), moved (m,) bool)``.
 
-    A query is moved iff its radius exceeds :func:`hysac_target`; it then becomes
-    ``target * q / |q|`` (float64 arithmetic, returned in ``q``'s dtype).
+    A query is moved iff its (float32) distance to the origin exceeds :func:`hysac_target`;
+    it then becomes ``target * q / |q|`` in float32 (see the module docstring).
     """
     target = hysac_target(bound, curv, alpha)
-    return _rescale_where(q, target, lorentz.radius(q, curv) > target)
+    return _hysac_rescale(q, target, hysac_radius(q, curv) > np.float32(target))
 
 
 def hysac_outward(q: np.ndarray, bound: float, curv: float, alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
-    """The reference evaluation's outward push: radius below the target -> rescaled out to it."""
+    """The reference evaluation's outward push: distance below the target -> rescaled to it (zero rows stay)."""
     target = hysac_target(bound, curv, alpha)
-    return _rescale_where(q, target, lorentz.radius(q, curv) < target)
+    q = np.atleast_2d(q)
+    where = (hysac_radius(q, curv) < np.float32(target)) & np.any(q != 0, axis=-1)
+    return _hysac_rescale(q, target, where)
 
 
-def _rescale_where(q: np.ndarray, norm: float, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``q`` with the rows in ``where`` rescaled to Euclidean norm ``norm``."""
+def _hysac_rescale(q: np.ndarray, norm: float, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``q: (m, D)`` with the rows in ``where`` set to ``float32(norm) * (q / float32(|q|))``, float32 steps."""
     q = np.atleast_2d(q)
     out = q.copy()
     if where.any():
-        x = q[where].astype(np.float64)
-        out[where] = (norm * (x / np.linalg.norm(x, axis=-1, keepdims=True))).astype(q.dtype)
+        x = q[where].astype(np.float32)
+        n = np.sqrt(np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))).astype(np.float32)
+        out[where] = (x / n[:, None]) * np.float32(norm)
     return out, where
 
 
