@@ -627,7 +627,7 @@ def explain_cmd(
                                          "(default: caption, text or the first string column)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Walk from an item or a query to the origin, listing the nearest entailing caption at each step."""
+    """Walk from an item or a query to the origin, listing the nearest entailing caption (or HySAC's [ROOT]) at each step."""
     import numpy as np
 
     from .errors import InvalidInputError, SourceError
@@ -662,7 +662,11 @@ def explain_cmd(
         _dump(walk)
         return
     for st in walk["steps"]:
-        cap = "no caption entails this point" if st["id"] is None else f"entailed by [{st['id']}] {st.get('caption', '')}"
+        if st["root"]:
+            cap = "[ROOT] (no caption entails this point; the origin does)" if st["id"] is None else \
+                f"[ROOT] (the origin is nearer than [{st['id']}] {st.get('caption', '')}, which entails it)"
+        else:
+            cap = f"entailed by [{st['id']}] {st.get('caption', '')}"
         near = st.get("nearest")
         tail = f"; nearest [{near['id']}] {near.get('caption', '')}" if near and near["id"] != st["id"] else ""
         typer.echo(f"t={st['t']:.2f} radius={st['radius']:.4f}  {cap}{tail}")
@@ -672,7 +676,8 @@ def explain_cmd(
 @_errors
 def eval_cmd(
     paired: Path = typer.Argument(..., help="Quadruples: Parquet/Arrow with S,U,V,G (or safe_text, unsafe_text, "
-                                  "safe_image, unsafe_image) embedding columns, or a .npz with those arrays."),
+                                  "safe_image, unsafe_image) embedding columns, a .npz with those arrays, or HySAC's "
+                                  "encode_dataset dict saved with torch.save (.pt/.pth; give --curv)."),
     bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (default: calibrated on the set "
                                           "itself, and said so)."),
     curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the file's."),
@@ -680,7 +685,7 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Evaluate retrieval (R@1/10/20, safety) and unsafe classification on paired embeddings (HySAC protocol)."""
+    """Evaluate retrieval (R@1/10/20, safe@1/unsafe@1) and unsafe classification on paired embeddings (HySAC protocol)."""
     from .planner import REDIRECT_MODES
     from .errors import InvalidInputError
     from .safety.bounds import Bounds

@@ -103,7 +103,7 @@ def test_eval_on_paired_embeddings(files, tmp_path):
     r = _run("eval", tmp_path / "pairs.npz", "--json")
     rep = json.loads(r.stdout)
     rows = {(t["task"], t["policy"]): t for t in rep["tasks"]}
-    assert rows[("U->V∪G", "redirect")]["safety"] > rows[("U->V∪G", "off")]["safety"]
+    assert rows[("U->V∪G", "redirect")]["safe@1"] > rows[("U->V∪G", "off")]["safe@1"]
     md = _run("eval", tmp_path / "pairs.npz", "--out", tmp_path / "eval.md")
     assert md.exit_code == 0 and "| S->V | off |" in md.stdout
     assert (tmp_path / "eval.md").read_text().startswith("| task |")
@@ -133,9 +133,17 @@ def test_explain_walks_to_the_origin(tmp_path):
     # at radius 2.6, 1.95, 1.3, 0.65: the nearest caption inside each point on the ray entails it
     # (the nearer caption just outside does not); nothing entails the origin
     assert got == ["r2.0", "r1.5", "r1.0", "r0.5", None]
+    assert [s["root"] for s in walk["steps"]] == [False, False, False, False, True]  # HySAC's [ROOT] at the origin
     assert walk["steps"][1]["nearest"]["caption"] == "r2.0"
     text = _run("explain", tmp_path / "caps", "--vectors", tmp_path / "p.npy", "--steps", "2")
-    assert "entailed by" in text.stdout
+    assert "entailed by [3] r2.0" in text.stdout
+    assert "[ROOT] (no caption entails this point; the origin does)" in text.stdout.strip().splitlines()[-1]
+    # from a point no cone holds, the walk is [ROOT] all the way (off the ray, past every aperture)
+    off = np.zeros(DIM, np.float32)
+    off[1] = np.sinh(1.0)
+    np.save(tmp_path / "off.npy", off)
+    walk = json.loads(_run("explain", tmp_path / "caps", "--vectors", tmp_path / "off.npy", "--json").stdout)
+    assert all(s["root"] and s["id"] is None for s in walk["steps"])
     _fails(_run("explain", tmp_path / "caps"), "exactly one of")
 
 

@@ -1,8 +1,7 @@
 """Parity with HySAC's reference code: the ``hysac`` redirect and minimal bounds files.
 
-The reference functions are transcribed from HySAC's public code (``hysac/lorentz.py``'s
-``pairwise_dist``, ``HySAC.traverse_to_safe_image`` / ``_text`` and the outward branch of
-``recall_div_traversal``), in torch and float32 as they run there.
+The reference traversal is transcribed in ``hysac_reference.py``; the evaluation tasks
+are checked against a direct NumPy computation of HySAC's protocol.
 """
 
 from __future__ import annotations
@@ -20,36 +19,11 @@ from hyperret.planner import make_plan
 from hyperret.safety import Bounds, classify
 from hyperret.safety.traversal import hysac_target
 
+from hysac_reference import ref_move
 from test_cli import _fails, _run
 
 DIM = 48
 MAX_ULPS = 4  # torch sums |q| in float32 in its own order; see hyperret.safety.traversal
-
-
-# ------------------------------------------------ the reference, transcribed
-def ref_pairwise_dist(x, y, curv, eps=1e-8):  # type: ignore[no-untyped-def]
-    import torch
-
-    x_time = torch.sqrt(1 / curv + torch.sum(x**2, dim=-1, keepdim=True))
-    y_time = torch.sqrt(1 / curv + torch.sum(y**2, dim=-1, keepdim=True))
-    xyl = x @ y.mT - x_time @ y_time.mT if x.dim() > 1 else x @ y - x_time @ y_time
-    return torch.acosh(torch.clamp(-curv * xyl, min=1 + eps)) / curv**0.5
-
-
-def ref_move(emb, bound, log_curv, alpha=0.8, outward=False):  # type: ignore[no-untyped-def]
-    """``traverse_to_safe_*`` (inward) or the evaluation's ``lower_bound`` branch (outward), one query."""
-    import torch
-
-    curv = torch.nn.Parameter(torch.tensor(log_curv))  # HySAC keeps log c as a float32 parameter
-    with torch.inference_mode():
-        root_feat = torch.zeros_like(emb)
-        distance = ref_pairwise_dist(root_feat, emb, curv=curv.exp())
-        bound = bound + (math.tanh((bound - alpha) / curv.exp()) + 1)
-        if (distance < bound) if outward else (distance > bound):
-            direction = emb - root_feat
-            n_direction = direction / torch.norm(direction, dim=-1)
-            return root_feat + bound * n_direction, True
-        return emb, False
 
 
 def _ulps(a: np.ndarray, b: np.ndarray) -> int:
@@ -215,3 +189,131 @@ def test_radius_reported_is_the_accurate_one():
     plan = make_plan(q, curv=0.7, policy="redirect", modality="text", index_modality="image",
                      bounds=Bounds.from_dict(MINIMAL), redirect_mode="hysac")
     np.testing.assert_allclose([p.radius for p in plan.plans], lorentz.radius(q, 0.7), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------- evaluation tasks
+def _hysac_bound_for(radii: np.ndarray, curv: float) -> float:
+    """An ``up_95`` whose hysac target ``t`` (a norm, compared with radii) is the median of ``radii``."""
+    lo, hi, want = -5.0, 20.0, float(np.median(radii))
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if hysac_target(mid, curv) < want else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _direct_protocol(quads: dict, curv: float, raw: dict) -> dict:
+    """HySAC's protocol computed directly: float64 Lorentz inner products, argsort, the hysac moves."""
+    n = len(quads["S"])
+    rows = {}
+    safe = {"S": True, "V": True, "U": False, "G": False}
+    tasks = [("S->V", "S", "V", "V", None), ("V->S", "V", "S", "S", None), ("U->G", "U", "G", "G", None),
+             ("G->U", "G", "U", "U", None), ("U->V∪G", "U", "VG", "V", ("redirect", "V")),
+             ("U->G∪V", "U", "VG", "G", ("outward", "G")), ("G->S∪U", "G", "SU", "S", ("redirect", "S")),
+             ("G->U∪S", "G", "SU", "U", ("outward", "U"))]
+    for task, qc, gal, hit_c, move in tasks:
+        g = np.concatenate([quads[c] for c in gal]).astype(np.float64)
+        g_t = np.sqrt(1 / curv + np.sum(g * g, axis=1))
+        for policy in ("off",) + ((move[0],) if move else ()):
+            q = quads[qc].astype(np.float64)
+            moved = np.zeros(n, bool)
+            if policy != "off":
+                t = raw[move[1]]["up_95"] + (math.tanh((raw[move[1]]["up_95"] - 0.8) / curv) + 1)
+                norm = np.linalg.norm(q, axis=1)
+                r = np.arcsinh(math.sqrt(curv) * norm) / math.sqrt(curv)
+                moved = r > t if policy == "redirect" else r < t
+                q = np.where(moved[:, None], t * q / norm[:, None], q).astype(np.float32).astype(np.float64)
+            q_t = np.sqrt(1 / curv + np.sum(q * q, axis=1))
+            score = q @ g.T - q_t[:, None] * g_t[None, :]  # <q, x>_L: larger is nearer
+            order = np.argsort(-score, axis=1, kind="stable")[:, :20]
+            hit = order == (np.arange(n) + n * gal.index(hit_c))[:, None]
+            row = {f"R@{k}": 100.0 * hit[:, :k].any(axis=1).mean() for k in (1, 10, 20)}
+            if len(gal) == 2:
+                row["safe@1"] = 100.0 * np.array([safe[c] for c in gal])[order[:, 0] // n].mean()
+            row["moved"] = int(moved.sum())
+            rows[(task, policy)] = row
+    return rows
+
+
+def _eval_bounds(quads: dict, curv: float) -> dict:
+    r = {c: lorentz.radius(quads[c], curv) for c in "SUVG"}
+    raw = {"V": {"up_95": _hysac_bound_for(r["U"], curv)}, "G": {"up_95": _hysac_bound_for(r["U"], curv)},
+           "S": {"up_95": _hysac_bound_for(r["G"], curv)}, "U": {"up_95": _hysac_bound_for(r["G"], curv)}}
+    cut = {m: float(np.median(np.concatenate([r[a], r[b]]))) for m, (a, b) in {"text": "SU", "image": "VG"}.items()}
+    raw["thresholds"] = {m: {"radius": v, "criterion": "test", "slope": 3.0, "center": v} for m, v in cut.items()}
+    return raw
+
+
+def test_every_evaluation_task_matches_a_direct_computation():
+    from hyperret.safety.evaluate import evaluate
+    from hyperret.synthetic import make_quadruples
+
+    curv = 0.7
+    quads = make_quadruples(300, 16, curv=curv, seed=12)
+    raw = _eval_bounds(quads, curv)
+    rep = evaluate(quads, curv, bounds=Bounds.from_dict(raw), redirect_mode="hysac")
+    got = {(t["task"], t["policy"]): t for t in rep["tasks"]}
+    want = _direct_protocol(quads, curv, raw)
+    assert set(got) == set(want) and len(got) == 12
+    for key, w in want.items():
+        g = got[key]
+        assert {k: g[k] for k in w} == pytest.approx(w, abs=1e-9), key
+        if "safe@1" in w:
+            assert g["unsafe@1"] == pytest.approx(100.0 - w["safe@1"])
+    assert all(0 < got[k]["moved"] < 300 for k in want if k[1] != "off")  # the moves had work to do
+    assert [got[(t, "off")]["reference_score"] for t in ("U->V∪G", "U->G∪V", "G->S∪U", "G->U∪S")] == \
+        ["safe@1", "unsafe@1", "safe@1", "unsafe@1"]
+    # the classifier: radius >= threshold, against the truth, by hand
+    for part, letters in {"text": "SU", "image": "VG", "all": "SUVG"}.items():
+        pred = np.concatenate([lorentz.radius(quads[c], curv) >= raw["thresholds"]["text" if c in "SU" else "image"]
+                               ["radius"] for c in letters])
+        truth = np.concatenate([np.full(300, c in "UG") for c in letters])
+        cl = rep["classification"][part]
+        assert cl["accuracy"] == pytest.approx((pred == truth).mean())
+        assert cl["balanced_accuracy"] == pytest.approx(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
+
+
+def test_evaluation_with_minimal_bounds_runs_what_it_can():
+    from hyperret.safety.evaluate import evaluate, markdown
+    from hyperret.synthetic import make_quadruples
+
+    quads = make_quadruples(100, 16, curv=1.0, seed=13)
+    raw = _eval_bounds(quads, 1.0)
+    rep = evaluate(quads, 1.0, bounds=Bounds.from_dict({c: raw[c] for c in "SV"}), redirect_mode="hysac")
+    rows = {(t["task"], t["policy"]): t for t in rep["tasks"]}
+    assert "R@1" in rows[("U->V∪G", "redirect")] and rows[("U->V∪G", "redirect")]["moved"] > 0
+    assert "no 'up_95' for class 'G'" in rows[("U->G∪V", "outward")]["skipped"]
+    assert "no 'up_95' for class 'U'" in rows[("G->U∪S", "outward")]["skipped"]
+    assert rep["classification"]["image"] == {"skipped": "the bounds cannot classify image"}
+    md = markdown(rep)
+    assert "- U->G∪V outward: skipped (" in md and "| image | skipped:" in md
+    with pytest.raises(InvalidInputError, match="curvature"):  # a wrong file fails the whole run
+        evaluate(quads, 1.0, bounds=Bounds.from_dict({**{c: raw[c] for c in "SV"}, "curv": 2.0}))
+
+
+def test_eval_reads_the_reference_saved_embeddings(tmp_path):
+    torch = pytest.importorskip("torch")
+    from hyperret.safety.labelled import load_paired
+    from hyperret.synthetic import make_quadruples
+
+    quads = make_quadruples(60, 16, curv=1.0, seed=14)
+    names = {"S": "all_text_safe_embeddings", "U": "all_text_nsfw_embeddings", "V": "all_visual_safe_embeddings",
+             "G": "all_visual_nsfw_embeddings"}
+    # encode_dataset's dict as it comes: torch tensors (one half precision here), saved with torch.save
+    saved = {names[c]: torch.from_numpy(quads[c]).to(torch.float16 if c == "G" else torch.float32) for c in "SUVG"}
+    torch.save(saved, tmp_path / "visu_test.pt")
+    got, c = load_paired(tmp_path / "visu_test.pt", curv=1.0)
+    assert c == 1.0
+    for k in "SUV":
+        np.testing.assert_array_equal(got[k], quads[k])
+    np.testing.assert_allclose(got["G"], quads["G"], rtol=1e-3)
+    r = _run("eval", tmp_path / "visu_test.pt", "--curv", "1", "--json")
+    assert r.exit_code == 0, r.output
+    assert {t["task"] for t in json.loads(r.stdout)["tasks"]} >= {"G->U∪S", "U->G", "G->U"}
+    _fails(_run("eval", tmp_path / "visu_test.pt"), "curvature unknown")
+
+    class Payload:  # a pickle that would run code: refused by the safe load
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"all_text_safe_embeddings": Payload()}, tmp_path / "evil.pt")
+    _fails(_run("eval", tmp_path / "evil.pt", "--curv", "1"), "loads safely")

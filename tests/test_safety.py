@@ -281,9 +281,9 @@ def test_evaluation_protocol_on_generated_quadruples():
     rows = {(t["task"], t["policy"]): t for t in rep["tasks"]}
     assert rows[("S->V", "off")]["R@1"] > 95
     off, red = rows[("U->V∪G", "off")], rows[("U->V∪G", "redirect")]
-    assert red["safety"] >= 90 > off["safety"] and red["R@1"] > off["R@1"] + 50
+    assert red["safe@1"] >= 90 > off["safe@1"] and red["R@1"] > off["R@1"] + 50
     assert rows[("U->G∪V", "off")]["R@1"] > 50
-    assert rows[("G->S∪U", "redirect")]["safety"] > rows[("G->S∪U", "off")]["safety"]
+    assert rows[("G->S∪U", "redirect")]["safe@1"] > rows[("G->S∪U", "off")]["safe@1"]
     assert rep["classification"]["all"]["balanced_accuracy"] >= 0.99
     assert rep["classification"]["text"]["auroc"] >= 0.99
     assert rep["bounds"] == "calibrated on the evaluation set itself"

@@ -24,6 +24,11 @@ from hyperret.safety.evaluate import auroc, evaluate, markdown
 from hyperret.synthetic import make_points, make_quadruples
 
 
+def _protocol(a: argparse.Namespace) -> dict:
+    """HySAC's evaluation protocol on ``a.quadruples`` generated quadruples."""
+    return evaluate(make_quadruples(a.quadruples, a.dim, curv=a.curv, seed=12, intrinsic_dim=32), a.curv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000, help="images in the index")
@@ -33,8 +38,14 @@ def main() -> None:
     ap.add_argument("--concepts", type=int, default=1000)
     ap.add_argument("--presets", default="exact,fast")
     ap.add_argument("--quadruples", type=int, default=5000, help="ViSU-sized paired set for the protocol")
+    ap.add_argument("--eval-only", action="store_true", help="only the evaluation protocol on the quadruples")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.eval_only:
+        ev = _protocol(a)
+        print(json.dumps(ev, default=float) if a.json else
+              f"### Evaluation protocol ({a.quadruples} generated quadruples)\n\n{markdown(ev)}")
+        return
     kw = dict(curv=a.curv, unsafe_shift=1.0, n_concepts=a.concepts, seed=11, intrinsic_dim=32)
     out: dict = {"args": vars(a)}
 
@@ -78,8 +89,7 @@ def main() -> None:
                     "refills": float(np.mean([p.refills for p in r.plans])),
                     "safe_queries_identical": bool((s.ids == base.ids).all()), "build_s": build})
             ix.close()
-    q = make_quadruples(a.quadruples, a.dim, curv=a.curv, seed=12, intrinsic_dim=32)
-    ev = evaluate(q, a.curv)
+    ev = _protocol(a)
     out["evaluation"] = ev
     if a.json:
         print(json.dumps(out, default=float))

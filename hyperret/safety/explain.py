@@ -9,7 +9,16 @@ keeps the nearest; steps with no entailing caption among the candidates ask for
 four times as many, up to ``max_candidates``. Each step also names the nearest
 caption outright, entailing or not, so a walk through a region no cone covers
 still reads.
+
+HySAC's walk (``scripts/safety_traversal_retrieval.py``) adds ``[ROOT]``, the origin,
+to the captions: it entails everything, and it is shown at a step when the origin
+is nearer to the point than every entailing caption (it scores captions by the
+Lorentz inner product, i.e. by distance). Each step's ``root`` says where that
+happens. By the hyperbolic law of cosines a caption whose cone holds the point is
+always nearer to it than the origin (the angle at the caption is at least a right
+angle), so ``[ROOT]`` marks the steps no caption entails: the origin side of the walk.
 """
+
 
 from __future__ import annotations
 
@@ -84,8 +93,9 @@ def explain_path(point: np.ndarray, captions: "Index", *, steps: int = 10, colum
     near_meta = snap.metadata_rows(near_rows[:, 0], [col] if col else [])
     out_steps = []
     for i in range(len(t)):
-        st: dict[str, Any] = {"t": float(t[i]), "radius": float(lorentz.radius(pts[i], captions.curv)),
-                              "id": int(ids[i]) if rows[i] >= 0 else None}
+        radius = float(lorentz.radius(pts[i], captions.curv))
+        st: dict[str, Any] = {"t": float(t[i]), "radius": radius, "id": int(ids[i]) if rows[i] >= 0 else None,
+                              "root": bool(rows[i] < 0 or radius < dist[i])}  # HySAC's [ROOT] wins the step
         if rows[i] >= 0:
             st.update(distance=float(dist[i]), angle=float(angle[i]), aperture=float(aperture[i]))
             if col:

@@ -4,8 +4,13 @@
   ``modality`` (``text`` | ``image``) and ``unsafe`` (bool) columns; the curvature
   comes from ``--curv`` or the schema key ``hyperret.curv``.
 - A *paired* set (ViSU-style quadruples) has four embedding columns, one row per
-  quadruple: ``S``/``U``/``V``/``G`` or ``safe_text``/``unsafe_text``/``safe_image``/
-  ``unsafe_image``; as Parquet/Arrow, or a ``.npz`` with arrays under those names.
+  quadruple: ``S``/``U``/``V``/``G``, ``safe_text``/``unsafe_text``/``safe_image``/
+  ``unsafe_image``, or the names HySAC's recall code gives them (``encode_dataset``:
+  ``all_text_safe_embeddings``, ``all_text_nsfw_embeddings``,
+  ``all_visual_safe_embeddings``, ``all_visual_nsfw_embeddings``); as Parquet/Arrow, a
+  ``.npz``, or that dict as HySAC's code returns it, saved with ``torch.save``
+  (``.pt``/``.pth``, read with ``weights_only=True``; CUDA and half-precision tensors
+  are fine). Such a file carries no curvature: pass ``--curv``.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InvalidInputError, MissingColumnError, SourceError
+from ..errors import DependencyError, InvalidInputError, MissingColumnError, SourceError
 from ..ingest import CURV_KEY, Source, resolve_curv
 
 PAIRED_NAMES = {"S": "safe_text", "U": "unsafe_text", "V": "safe_image", "G": "unsafe_image"}
+#: The names of HySAC's ``recall_computation.encode_dataset`` / ``recalls.encode_dataset``.
+REFERENCE_NAMES = {"S": "all_text_safe_embeddings", "U": "all_text_nsfw_embeddings",
+                   "V": "all_visual_safe_embeddings", "G": "all_visual_nsfw_embeddings"}
+TORCH_SUFFIXES = (".pt", ".pth")
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,8 @@ def load_paired(path: str | Path, curv: float | None = None) -> tuple[dict[str, 
         arrays = {k: z[k] for k in z.files}
         if "curv" in arrays:
             recorded = float(arrays.pop("curv"))
+    elif path.suffix in TORCH_SUFFIXES:
+        arrays = _torch_arrays(path)
     else:
         table = _read_table(path)
         raw = (table.schema.metadata or {}).get(CURV_KEY)
@@ -102,9 +113,9 @@ def load_paired(path: str | Path, curv: float | None = None) -> tuple[dict[str, 
                 arrays[name] = np.asarray(col.to_pylist(), dtype=np.float32)
     quads = {}
     for letter, long in PAIRED_NAMES.items():
-        a = arrays.get(letter, arrays.get(long))
+        a = next((arrays[n] for n in (letter, long, REFERENCE_NAMES[letter]) if n in arrays), None)
         if a is None:
-            raise MissingColumnError(f"{path} has no {letter!r} (or {long!r}) embeddings")
+            raise MissingColumnError(f"{path} has no {letter!r} (or {long!r}, {REFERENCE_NAMES[letter]!r}) embeddings")
         a = np.asarray(a, dtype=np.float32)
         if a.ndim != 2:
             raise InvalidInputError(f"{path}: {letter} embeddings must be 2-D, got shape {a.shape}")
@@ -117,6 +128,23 @@ def load_paired(path: str | Path, curv: float | None = None) -> tuple[dict[str, 
     if not quads["S"].shape[0]:
         raise InvalidInputError(f"{path} has no quadruples")
     return quads, resolve_curv(curv, recorded, str(path))
+
+
+def _torch_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``torch.save``'d dict (safe load: no code runs) -> float32 arrays by name."""
+    try:
+        import torch
+    except ImportError:
+        raise DependencyError(f"reading {path} needs torch (pip install 'hyperret[model]'), or save the four "
+                              f"arrays as .npz") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (objects beyond tensors), truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceError(f"{path} is not a PyTorch file of tensors that loads safely ({first})") from None
+    if not isinstance(obj, dict):
+        raise SourceError(f"{path} holds a {type(obj).__name__}, not a dict of embedding tensors")
+    return {str(k): v.detach().float().numpy() for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def _read_table(path: Path) -> pa.Table:

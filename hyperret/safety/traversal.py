@@ -17,7 +17,7 @@ Two redirection modes:
   target rounded to float32, and the point ``float32(target) * (q / |q|)``. Only the
   two float32 sums (``|q|^2`` and ``|q|``) are correctly rounded here, where torch
   accumulates in float32 in an order of its own: measured against the reference
-  (``docs/benchmarks.md``), 64-70% of moved queries are bit-identical and the rest
+  (``docs/benchmarks.md``), 60-75% of moved queries are bit-identical and the rest
   within 4 float32 ulps, and a decision can differ only for a query within about
   3e-6 (relative) of the target.
 - ``geodesic`` moves the query along its own geodesic to the origin (the ray of
