@@ -201,6 +201,8 @@ def _images_text(s: dict[str, Any]) -> str:
     if s["skipped"]:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(s["skipped_by_reason"].items()))
         lines.append(f"skipped ({why}); the list with reasons: {s['report']}")
+    if s.get("bounds_note"):
+        lines.append(f"bounds {s['bounds_note']}")
     return "\n".join(lines)
 
 

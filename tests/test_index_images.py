@@ -217,3 +217,22 @@ def test_euclidean_baseline_side_by_side(model, collection, tmp_path):
     np.testing.assert_allclose([h["distance"] for h in hits], 1 - np.sort(cos)[::-1][:3], atol=1e-5)
     p = cli("search", str(out), "a cat", "--policy", "redirect", check=False)
     assert p.returncode == 2 and "hyperbolic" in p.stderr
+
+
+def test_minimal_bounds_beside_the_checkpoint_do_not_block_indexing(model, collection, tmp_path):
+    """HySAC's redirect needs only S and V up_95; such a file beside the checkpoint cannot label rows."""
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "hysac_model.pth").write_bytes((model / "hysac_model.pth").read_bytes())
+    (d / "hysac_bounds.json").write_text(json.dumps({"S": {"up_95": 0.9}, "V": {"up_95": 1.1}}))
+    photos = collection[0] / "sub" / "deeper"
+    p = cli("index", str(photos), "--out", str(tmp_path / "ix"), "--model", str(d / "hysac_model.pth"),
+            "--arch", str(model / "arch.json"), "--workers", "0")
+    assert "cannot label images (it needs V and G)" in p.stdout
+    ix = hyperret.Index.open(tmp_path / "ix")
+    assert len(ix) == 6 and ix.bounds is None
+    explicit = cli("index", str(photos), "--out", str(tmp_path / "ix2"), "--model",
+                   str(d / "hysac_model.pth"), "--arch", str(model / "arch.json"), "--workers", "0",
+                   "--bounds", str(d / "hysac_bounds.json"), check=False)
+    assert explicit.returncode != 0 and "labelling image rows needs both classes V and G" in explicit.stderr
+    assert len(explicit.stderr.strip().splitlines()) == 1

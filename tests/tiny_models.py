@@ -17,14 +17,21 @@ from torch import nn
 WIDTH, HEADS, LAYERS, EMBED, IMAGE, PATCH = 32, 2, 2, 16, 28, 14
 TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 
+
+
+def open_clip_arch(width: int, heads: int, layers: int, embed: int, image: int, patch: int) -> dict:
+    """Tiny CLIP towers (QuickGELU, CLIP's 49,408-token vocabulary) as an open_clip config dict."""
+    return {
+        "embed_dim": embed,
+        "quick_gelu": True,
+        "vision_cfg": {"image_size": image, "layers": layers, "width": width, "patch_size": patch,
+                       "head_width": width // heads},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": heads, "layers": layers},
+    }
+
+
 #: The same architecture as an open_clip config dict.
-ARCH = {
-    "embed_dim": EMBED,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": WIDTH, "patch_size": PATCH,
-                   "head_width": WIDTH // HEADS},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": WIDTH, "heads": HEADS, "layers": LAYERS},
-}
+ARCH = open_clip_arch(WIDTH, HEADS, LAYERS, EMBED, IMAGE, PATCH)
 
 
 def hf_configs():

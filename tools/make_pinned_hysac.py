@@ -34,13 +34,6 @@ PINS = ["transformers==4.31.0", "peft==0.4.0", "accelerate==0.21.0", "numpy<2"]
 WIDTH, HEADS, LAYERS, EMBED, IMAGE, PATCH, RANK = 16, 2, 2, 8, 28, 14, 4
 TARGETS = ["k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding"]  # HySAC's LoraConfig
 TEXTS = ["a photo of a cat", "a dog on a skateboard", "", "an extremely long caption " * 30]
-ARCH = {
-    "embed_dim": EMBED,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": IMAGE, "layers": LAYERS, "width": WIDTH, "patch_size": PATCH,
-                   "head_width": WIDTH // HEADS},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": WIDTH, "heads": HEADS, "layers": LAYERS},
-}
 
 
 def write_inputs(out: Path) -> None:
@@ -51,13 +44,17 @@ def write_inputs(out: Path) -> None:
 
     from hyperret.embed.towers import preprocess
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import open_clip_arch
+
+    arch = open_clip_arch(WIDTH, HEADS, LAYERS, EMBED, IMAGE, PATCH)
     rng = np.random.default_rng(11)
     images = [Image.fromarray(rng.integers(0, 255, (40 + 9 * i, 52, 3), dtype=np.uint8)) for i in range(5)]
-    pp = preprocess(ARCH)
+    pp = preprocess(arch)
     pixels = np.stack([pp(im).numpy() for im in images]).astype(np.float32)
     tokens = SimpleTokenizer()(TEXTS).numpy().astype(np.int64)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "arch.json").write_text(json.dumps(ARCH, indent=1) + "\n")
+    (out / "arch.json").write_text(json.dumps(arch, indent=1) + "\n")
     np.savez(out / "inputs.npz", texts=np.array(TEXTS), tokens=tokens, pixels=pixels)
 
 

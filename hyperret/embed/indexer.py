@@ -64,6 +64,7 @@ class RunSummary:
     rows: int = 0
     version: int = 0
     resumed: bool = False
+    bounds_note: str | None = None  # why bounds found beside the checkpoint were not stored
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -163,8 +164,9 @@ def index_images(
     out = Path(out)
     listing = list_images(images)
     n_workers = default_workers() if workers is None else int(workers)
-    ix, resumed = _open_or_create(out, encoder, preset, bounds, images)
-    summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed)
+    ix, resumed, note = _open_or_create(out, encoder, preset, bounds, images)
+    summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed,
+                         bounds_note=note)
     reasons: Counter[str] = Counter()
     rep = _Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{_stamp()}.jsonl")
     try:
@@ -253,7 +255,9 @@ def _triage(items: list[Item], known: dict[str, str], rep: "_Report", reasons: C
     return rows, meta
 
 
-def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any, source: Any) -> tuple[Any, bool]:
+def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any,
+                    source: Any) -> tuple[Any, bool, str | None]:
+    """``(index, resumed, note)``: the note says why bounds beside the checkpoint were left out."""
     from ..index import Index
 
     if (out / MANIFEST_NAME).exists():
@@ -266,14 +270,21 @@ def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any
         except BaseException:
             ix.close()
             raise
-        return ix, True
+        return ix, True, None
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise IndexExistsError(f"{out} exists and is neither an index nor an empty folder")
-    b = bounds if bounds is not None else getattr(encoder, "bounds", None)
+    b, note = bounds, None
+    found = getattr(encoder, "bounds", None)
+    if b is None and found is not None:
+        if found.can_classify("image"):
+            b = found
+        else:  # a minimal file (S and V up_95) serves the hysac redirect at search time, not row labels
+            note = (f"{found.source}: not stored with the rows, it cannot label images (it needs V and G); "
+                    f"pass it at search time (--bounds) for the hysac redirect")
     ix = Index.create(out, dim=encoder.dim, curv=encoder.curv, preset=preset, geometry=encoder.geometry,
                       modality="image", bounds=b,
                       producer={"model": encoder.describe(), "source": str(source), "vectors": "images"})
-    return ix, False
+    return ix, False, note
 
 
 def check_model(recorded: dict[str, Any] | None, encoder: Encoder, where: str) -> None:
