@@ -8,9 +8,10 @@ which are also the FAISS ids: appends add rows at the end). The exact rerank
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -35,7 +36,7 @@ class CandidateStage:
     None), only the graph's memory-mapped arrays: the walk reads the shards.
     """
 
-    index: faiss.Index | None
+    index: Any  # a faiss.Index, or None for a graph-only reader (FAISS ships no usable types)
     preset: Preset
     factory: str  # what was actually built (a small index gets "Flat")
     state: State
@@ -52,7 +53,7 @@ class CandidateStage:
 
     @property
     def rows(self) -> int:
-        return int(self.index.ntotal) if self.index is not None else int(self._graph.levels.shape[0])
+        return int(self.index.ntotal) if self.index is not None else int(self._current_graph().levels.shape[0])
 
     @property
     def navigates_lorentz(self) -> bool:
@@ -73,7 +74,7 @@ class CandidateStage:
         dim: int,
         curv: float,
         progress: Progress | None = None,
-    ) -> "CandidateStage":
+    ) -> CandidateStage:
         """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``)."""
         n = sum(len(s) for s in spaces)
         factory = _factory_for(preset, n, _preset_dim(preset, dim))
@@ -201,7 +202,7 @@ class CandidateStage:
 
     @classmethod
     def load(cls, path: Path, preset: Preset, factory: str, proxy: str, state: State, dim: int, curv: float,
-             trained_rows: int, *, spaces: Sequence[np.ndarray] = (), writable: bool = False) -> "CandidateStage":
+             trained_rows: int, *, spaces: Sequence[np.ndarray] = (), writable: bool = False) -> CandidateStage:
         """Read a saved structure (``spaces``: the snapshot's rows, for a writer of a graph)."""
         if not path.exists():
             raise FileNotFoundError(2, "candidate structure missing", str(path))
@@ -225,15 +226,16 @@ class CandidateStage:
         """A growable FAISS HNSW from the saved graph and proxy vectors recomputed from ``spaces``."""
         d = padded_dim(self.dim, self.proxy, self.preset.pad_to)
         index = _new_index(self.preset, self.proxy, d, self.factory)
+        saved = self._current_graph()
         try:
-            self._graph.into(index)
+            saved.into(index)
         except ValueError as e:
             raise IndexCorruptError(f"saved graph does not fit {self.factory}: {e}") from None
         storage = faiss.downcast_index(faiss.downcast_index(index).storage)
         for xb in self._proxy_chunks(spaces, d):
             storage.add(xb)
-        if storage.ntotal != self._graph.levels.shape[0]:
-            raise IndexCorruptError(f"graph has {self._graph.levels.shape[0]} nodes, the shards {storage.ntotal} rows")
+        if storage.ntotal != saved.levels.shape[0]:
+            raise IndexCorruptError(f"graph has {saved.levels.shape[0]} nodes, the shards {storage.ntotal} rows")
         index.ntotal = storage.ntotal
         self.index, self._graph = index, None  # the graph now lives in the index
 

@@ -10,10 +10,10 @@ import functools
 import json
 import os
 import shutil
-import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -29,7 +29,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USAGE = 2
 
 
-def _fail(message: str) -> None:
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"hyperret {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print hyperret's version and exit."),
+) -> None:
+    """Safety-aware hyperbolic vector retrieval for HySAC embeddings."""
+
+
+def _fail(message: str) -> NoReturn:
     typer.echo(f"hyperret: error: {message}", err=True)
     raise typer.Exit(EXIT_USAGE)
 
@@ -63,8 +79,15 @@ def _errors(fn: F) -> F:
 
 def _progress(quiet: bool, unit: str = "rows"):
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class Speed(ProgressColumn):
         def render(self, task: Any) -> Any:
@@ -104,13 +127,13 @@ def index_cmd(
                                   "--model, a folder of images (recursive) or a text file of image paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to create (or extend with --append; an "
                              "image run resumes an existing one)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embed images with this checkpoint: a path, "
+    model: str | None = typer.Option(None, "--model", "-m", help="Embed images with this checkpoint: a path, "
                                         "a folder or a Hugging Face repo id (aimagelab/hysac)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="open_clip architecture name or config JSON "
+    arch: str | None = typer.Option(None, "--arch", help="open_clip architecture name or config JSON "
                                        "(default ViT-L-14-quickgelu)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1, "
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1, "
                                           "at most 8; 0 decodes in the main process)."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on the CPU), "
                                   "fp32, fp16 or bf16."),
@@ -118,15 +141,15 @@ def index_cmd(
     commit_seconds: float = typer.Option(300.0, "--commit-seconds", min=0.0, help="...or after this many seconds."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Skip images larger than this "
                                    "(width x height): decompression bombs."),
-    report: Optional[Path] = typer.Option(None, "--report", help="JSON-lines list of skipped files (default: "
+    report: Path | None = typer.Option(None, "--report", help="JSON-lines list of skipped files (default: "
                                           "OUT/reports/index-TIME.jsonl)."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or TOML path (default: fast)."),
-    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature c (> 0); else the schema key hyperret.curv."),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="Preset name or TOML path (default: fast)."),
+    curv: float | None = typer.Option(None, "--curv", help="Curvature c (> 0); else the schema key hyperret.curv."),
     append: bool = typer.Option(False, "--append", help="Add to the existing index at --out in one new commit."),
-    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Safety bounds JSON: store every row's "
+    bounds: Path | None = typer.Option(None, "--bounds", help="Safety bounds JSON: store every row's "
                                           "unsafe_score and unsafe_label, enable the safety policies "
                                           "(images: default hysac_bounds.json beside the checkpoint)."),
-    modality: Optional[str] = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
+    modality: str | None = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
                                            "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting index summary as JSON."),
@@ -239,6 +262,8 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
             start = 0
             for batch in src.batches():
                 if ix is None:
+                    if c is None:  # pragma: no cover - resolve_curv requires it unless appending
+                        raise InvalidInputError(f"curvature unknown for {source}")
                     ix = Index.create(target, dim=batch.vectors.shape[1], curv=c, preset=preset,
                                       producer={"source": str(source), "vectors": "precomputed"},
                                       modality=modality or "image", bounds=b)
@@ -283,32 +308,32 @@ def _source_modality(src: Any) -> str:
 @_errors
 def search_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    texts: Optional[List[str]] = typer.Argument(None, help="Text queries (embedded with the index's model)."),
-    images: Optional[List[Path]] = typer.Option(None, "--image", help="Image query (repeatable)."),
-    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy file of query space components, "
+    texts: list[str] | None = typer.Argument(None, help="Text queries (embedded with the index's model)."),
+    images: list[Path] | None = typer.Option(None, "--image", help="Image query (repeatable)."),
+    vectors: Path | None = typer.Option(None, "--vectors", help=".npy file of query space components, "
                                            "(m, dim) or (dim,)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint for text/image queries (default: "
+    model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint for text/image queries (default: "
                                         "the one the index records; another is an error)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture for --model (default: the index's)."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture for --model (default: the index's)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (for the model)."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="Results per query."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="Rows the rerank sees per query."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="Comma-separated metadata columns to show."),
+    candidates: int | None = typer.Option(None, "--candidates", min=1, help="Rows the rerank sees per query."),
+    columns: str | None = typer.Option(None, "--columns", help="Comma-separated metadata columns to show."),
     policy: str = typer.Option("off", "--policy", help="off, redirect, filter, block or outward; or a "
                                "comma-separated list with one per query."),
-    modality: Optional[str] = typer.Option(None, "--modality", help="The --vectors queries' modality: text or "
+    modality: str | None = typer.Option(None, "--modality", help="The --vectors queries' modality: text or "
                                            "image, or a comma-separated list with one per query (default: text; "
                                            "texts and images are known)."),
     redirect_mode: str = typer.Option("geodesic", "--redirect-mode", help="geodesic (default) or hysac."),
-    target: Optional[str] = typer.Option(None, "--target", help="Bounds statistic (avg, up_95, low_05, ...) or "
+    target: str | None = typer.Option(None, "--target", help="Bounds statistic (avg, up_95, low_05, ...) or "
                                          "radius the geodesic moves aim for."),
-    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON to use instead of the index's."),
+    bounds: Path | None = typer.Option(None, "--bounds", help="Bounds JSON to use instead of the index's."),
     allow_unsafe: bool = typer.Option(False, "--allow-unsafe", help="Permit --policy outward (retrieves unsafe "
                                       "content on purpose)."),
     explain: bool = typer.Option(False, "--explain", help="Say, per query, what the planner did."),
     dedup: bool = typer.Option(False, "--dedup", help="Collapse near-duplicates among the hits, keeping the "
                                "nearest (radius: --dedup-radius, else the index's last applied dedup, else 0.05)."),
-    dedup_radius: Optional[float] = typer.Option(None, "--dedup-radius", min=0.0, help="Radius for --dedup."),
+    dedup_radius: float | None = typer.Option(None, "--dedup-radius", min=0.0, help="Radius for --dedup."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
 ) -> None:
     """Search an index by text, image or query vectors, under a safety policy."""
@@ -434,7 +459,7 @@ def _print_hits(hits: list[list[dict[str, Any]]]) -> None:
 @_errors
 def dedup_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
-    radius: Optional[float] = typer.Option(None, "--radius", "-r", min=0.0, help="Geodesic distance within which "
+    radius: float | None = typer.Option(None, "--radius", "-r", min=0.0, help="Geodesic distance within which "
                                            "two rows are near copies."),
     auto: bool = typer.Option(False, "--auto", help="Pick the radius from the gap in the nearest-neighbour "
                               "distances (and say what was picked and why)."),
@@ -513,7 +538,7 @@ def _dedup_text(s: dict[str, Any]) -> str:
 def calibrate_cmd(
     labelled: Path = typer.Argument(..., help="Parquet/Arrow file: embedding, modality (text|image), unsafe (bool)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bounds JSON to write."),
-    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the schema key hyperret.curv."),
+    curv: float | None = typer.Option(None, "--curv", help="Curvature; else the schema key hyperret.curv."),
     criterion: str = typer.Option("balanced", "--criterion", help="balanced, safe-fpr:X or unsafe-recall:X."),
     as_json: bool = typer.Option(False, "--json", help="Print the bounds as JSON."),
 ) -> None:
@@ -523,6 +548,8 @@ def calibrate_cmd(
     from .safety.labelled import load_labelled
 
     data = load_labelled(labelled, curv)
+    if data.unsafe is None:  # pragma: no cover - load_labelled needs the labels by default
+        raise AssertionError("labelled file without labels")
     b = calibrate(lorentz.radius(data.space, data.curv), data.modality, data.unsafe, curv=data.curv,
                   criterion=criterion, source=str(labelled))
     b.save(out)
@@ -542,12 +569,12 @@ def calibrate_cmd(
 @_errors
 def classify_cmd(
     source: Path = typer.Argument(..., help="Parquet/Arrow file with an 'embedding' column."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Use this index's bounds and curvature."),
-    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (instead of --index's)."),
-    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the index's or the file's."),
-    modality: Optional[str] = typer.Option(None, "--modality", help="text or image, when the file has no "
+    index: Path | None = typer.Option(None, "--index", help="Use this index's bounds and curvature."),
+    bounds: Path | None = typer.Option(None, "--bounds", help="Bounds JSON (instead of --index's)."),
+    curv: float | None = typer.Option(None, "--curv", help="Curvature; else the index's or the file's."),
+    modality: str | None = typer.Option(None, "--modality", help="text or image, when the file has no "
                                            "'modality' column."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table: .parquet or .json."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the table: .parquet or .json."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per row."),
 ) -> None:
     """Classify embeddings as safe or unsafe by their distance to the origin."""
@@ -589,18 +616,11 @@ def classify_cmd(
 
 
 def _write_table(table: Any, out: Path) -> None:
-    import pyarrow.parquet as pq
-
     from .errors import InvalidInputError
-    from .storage.fsutil import atomic_write_bytes
+    from .storage.fsutil import atomic_write_bytes, atomic_write_table
 
     if out.suffix == ".parquet":
-        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_table(out, table)
     elif out.suffix == ".json":
         atomic_write_bytes(out, json.dumps(table.to_pylist(), default=_json_default).encode())
     else:
@@ -621,18 +641,18 @@ def _print_rows(table: Any) -> None:
 @_errors
 def explain_cmd(
     captions: Path = typer.Argument(..., help="Caption index (text rows) searched for entailing captions."),
-    index: Optional[Path] = typer.Option(None, "--index", help="Index holding the item given by --id."),
-    item: Optional[int] = typer.Option(None, "--id", help="Walk from this item of --index."),
-    vectors: Optional[Path] = typer.Option(None, "--vectors", help=".npy file with one query vector (dim,)."),
+    index: Path | None = typer.Option(None, "--index", help="Index holding the item given by --id."),
+    item: int | None = typer.Option(None, "--id", help="Walk from this item of --index."),
+    vectors: Path | None = typer.Option(None, "--vectors", help=".npy file with one query vector (dim,)."),
     steps: int = typer.Option(10, "--steps", min=1, help="Interpolation steps from the point to the origin."),
-    column: Optional[str] = typer.Option(None, "--column", help="Caption metadata column to show "
+    column: str | None = typer.Option(None, "--column", help="Caption metadata column to show "
                                          "(default: caption, text or the first string column)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
-    """Walk from an item or a query to the origin, listing the nearest entailing caption (or HySAC's [ROOT]) at each step."""
+    """Walk from an item or a query to the origin: the nearest entailing caption (or HySAC's [ROOT]) at each step."""
     import numpy as np
 
-    from .errors import InvalidInputError, SourceError
+    from .errors import InvalidInputError
     from .index import Index
     from .safety.explain import explain_path
 
@@ -647,14 +667,8 @@ def explain_cmd(
             raise InvalidInputError(f"{index} (dim {src.dim}, curv {src.curv:g}) and {captions} "
                                     f"(dim {caps.dim}, curv {caps.curv:g}) are not in the same space")
         point = src.vectors([item])[0]
-    else:
-        try:
-            point = np.load(vectors, allow_pickle=False)
-        except FileNotFoundError:
-            raise SourceError(f"query file {vectors} does not exist") from None
-        except (ValueError, OSError) as e:
-            raise SourceError(f"{vectors} is not a readable .npy file ({e})") from None
-        point = np.asarray(point, dtype=np.float32)
+    elif vectors is not None:
+        point = np.asarray(_load_vectors(vectors), dtype=np.float32)
         if point.ndim == 2 and point.shape[0] == 1:
             point = point[0]
         if point.ndim != 1:
@@ -680,22 +694,19 @@ def eval_cmd(
     paired: Path = typer.Argument(..., help="Quadruples: Parquet/Arrow with S,U,V,G (or safe_text, unsafe_text, "
                                   "safe_image, unsafe_image) embedding columns, a .npz with those arrays, or HySAC's "
                                   "encode_dataset dict saved with torch.save (.pt/.pth; give --curv)."),
-    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (default: calibrated on the set "
+    bounds: Path | None = typer.Option(None, "--bounds", help="Bounds JSON (default: calibrated on the set "
                                           "itself, and said so)."),
-    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature; else the file's."),
+    curv: float | None = typer.Option(None, "--curv", help="Curvature; else the file's."),
     redirect_mode: str = typer.Option("geodesic", "--redirect-mode", help="geodesic or hysac."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the markdown table here."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
-    """Evaluate retrieval (R@1/10/20, safe@1/unsafe@1) and unsafe classification on paired embeddings (HySAC protocol)."""
-    from .planner import REDIRECT_MODES
-    from .errors import InvalidInputError
+    """Evaluate retrieval (R@1/10/20, safe@1/unsafe@1) and unsafe classification on paired embeddings (HySAC's
+    protocol)."""
     from .safety.bounds import Bounds
     from .safety.evaluate import evaluate, markdown
     from .safety.labelled import load_paired
 
-    if redirect_mode not in REDIRECT_MODES:
-        raise InvalidInputError(f"unknown redirect mode {redirect_mode!r} (one of: {', '.join(REDIRECT_MODES)})")
     quads, c = load_paired(paired, curv)
     b = Bounds.load(bounds) if bounds is not None else None
     report = evaluate(quads, c, bounds=b, redirect_mode=redirect_mode)
@@ -715,8 +726,8 @@ def eval_cmd(
 def report_cmd(
     source: Path = typer.Argument(..., help="An index directory, or a labelled embedding file."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG to write."),
-    bounds: Optional[Path] = typer.Option(None, "--bounds", help="Bounds JSON (default: the index's)."),
-    curv: Optional[float] = typer.Option(None, "--curv", help="Curvature of a labelled file."),
+    bounds: Path | None = typer.Option(None, "--bounds", help="Bounds JSON (default: the index's)."),
+    curv: float | None = typer.Option(None, "--curv", help="Curvature of a labelled file."),
     sample: int = typer.Option(2000, "--sample", min=1, help="Points in the Poincaré-disk view."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -775,7 +786,7 @@ def demo_cmd(
     n: int = typer.Option(20_000, "--n", min=100, help="Generated points."),
     dim: int = typer.Option(64, "--dim", min=2, help="Dimension."),
     curv: float = typer.Option(1.0, "--curv", help="Curvature."),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset (default: fast)."),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="Preset (default: fast)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Generate HySAC-like labelled points, index them and search (no model weights needed)."""
@@ -792,4 +803,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -36,7 +36,6 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
     """Generate, index and search; print a short report unless ``quiet``; return it."""
     from .cli import _print_hits, build_index
     from .index import Index
-
     from .safety.bounds import calibrate
 
     out.mkdir(parents=True, exist_ok=True)
@@ -60,11 +59,11 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
     radii = lorentz.radius(points.space, curv)
     # One unsafe text query (a fresh one, not in the index) under each safety policy.
     uq = make_points(1, dim, curv=curv, seed=7, part=2, unsafe_shift=1.0, classes=("U",)).space
-    policies = {}
+    policies: dict[str, dict[str, Any]] = {}
     for pol in ("off", "redirect", "filter", "block"):
         r = ix.search(uq, k=5, policy=pol, modality="text")
         policies[pol] = {"plan": r.plans[0].describe(), "hits": r.to_list(["class"])[0]}
-    report = {
+    report: dict[str, Any] = {
         "index": info,
         "radius_by_class": {c: float(np.median(radii[points.cls == c])) for c in CLASSES},
         "queries": [{"class": c, "id": p, "hits": h} for c, p, h in zip(CLASSES, picks, hits)],

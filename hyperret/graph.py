@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 
 import faiss
-import numpy as np
 import numba
+import numpy as np
 from numba import njit, prange
 
 from . import parallel
@@ -39,7 +39,7 @@ class Graph:
     owner: object  # what holds the arrays: the FAISS index, or the memory-mapped file's views
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> "Graph":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> Graph:
         """A graph saved by :meth:`arrays` (memory-mapped views stay valid while it lives)."""
         return cls(arrays["neighbors"], arrays["offsets"].view(np.int64), arrays["cum"], arrays["levels"],
                    int(meta["entry"]), int(meta["max_level"]), arrays)
@@ -60,7 +60,7 @@ class Graph:
         h.entry_point, h.max_level = self.entry, self.max_level
 
     @classmethod
-    def of(cls, index: faiss.Index) -> "Graph":
+    def of(cls, index: faiss.Index) -> Graph:
         h = faiss.downcast_index(index).hnsw
 
         def view(vec):

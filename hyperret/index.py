@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,9 +90,9 @@ class Index:
         *,
         producer: dict[str, Any] | None = None,
         modality: str = "image",
-        bounds: "Bounds | dict[str, Any] | str | Path | None" = None,
+        bounds: Bounds | dict[str, Any] | str | Path | None = None,
         geometry: str = "lorentz",
-    ) -> "Index":
+    ) -> Index:
         """Create an empty index at ``path`` and return it open for writing.
 
         ``geometry``: ``lorentz`` (HySAC space components, the default) or
@@ -143,7 +144,7 @@ class Index:
         return cls(path, snap, lock)
 
     @classmethod
-    def open(cls, path: str | Path, writable: bool = False) -> "Index":
+    def open(cls, path: str | Path, writable: bool = False) -> Index:
         """Open the committed snapshot at ``path`` (read-only unless ``writable``)."""
         path = Path(path)
         lock = None
@@ -169,7 +170,7 @@ class Index:
             self._lock.release()
             self._lock = None
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -337,7 +338,8 @@ class Index:
         allowed = set(MODALITIES) if self.modality == "mixed" else {self.modality}
         bad = sorted(vals - allowed, key=str)
         if bad:
-            raise InvalidInputError(f"modality {bad[0]!r} in a {self.modality} index (allowed: {', '.join(sorted(allowed))})")
+            raise InvalidInputError(f"modality {bad[0]!r} in a {self.modality} index "
+                                    f"(allowed: {', '.join(sorted(allowed))})")
 
     def _check_metadata_types(self, meta: pa.Table) -> None:
         known = dict(self.manifest.metadata_columns)
@@ -495,7 +497,7 @@ class Index:
         policy: str | Sequence[str] = "off",
         modality: str | Sequence[str] = "text",
         redirect_mode: str = "geodesic",
-        bounds: "Bounds | dict[str, Any] | str | Path | None" = None,
+        bounds: Bounds | dict[str, Any] | str | Path | None = None,
         allow_unsafe: bool = False,
         alpha: float = HYSAC_ALPHA,
         target: str | float | None = None,
@@ -580,9 +582,9 @@ class Index:
             rows[sel], dist[sel] = rerank(plan.queries[sel], cand, snap.shardset, self.curv, k)
             for i in sel:
                 plan.plans[i].candidates = min(kc, n)
-        elif len(sel):
+        elif len(sel) and snap.deleted is not None:
             self._refill_search(snap, plan, sel, snap.deleted, k, kc, rows, dist)
-        if len(plan.filtered):
+        if len(plan.filtered) and labels is not None:  # search() refuses filter where rows have no labels
             self._refill_search(snap, plan, plan.filtered, snap.skip_codes(labels), k, kc, rows, dist,
                                 filtered=True)
         return rows, dist
@@ -628,9 +630,10 @@ class Index:
         n = snap.rows
         kc = min(kc, n)
         rounds = 0
-        while len(todo):
+        stage = snap.stage
+        while len(todo) and stage is not None:  # _ranked returned early without a stage
             skipped = np.zeros(len(todo), dtype=np.int64)
-            cand = snap.stage.search(plan.queries[todo], kc, snap.shardset)
+            cand = stage.search(plan.queries[todo], kc, snap.shardset)
             r, d = rerank(plan.queries[todo], cand, snap.shardset, self.curv, k, skip=skip, skipped=skipped)
             rows[todo], dist[todo] = r, d
             for j, i in enumerate(todo):
@@ -640,15 +643,15 @@ class Index:
                     p.unsafe_skipped = int(skipped[j])
             short = r[:, k - 1] < 0
             if kc >= n or not short.any():
-                for j in np.flatnonzero(short) if filtered else ():
-                    plan.plans[todo[j]].reason += f" (only {int(np.count_nonzero(r[j] >= 0))} safe rows exist)"
+                for s in np.flatnonzero(short) if filtered else ():
+                    plan.plans[todo[s]].reason += f" (only {int(np.count_nonzero(r[s] >= 0))} safe rows exist)"
                 break
             todo = todo[short]
             kc = min(n, kc * 4)
             rounds += 1
 
     def classify(self, vectors: Any, modality: str | Sequence[str] = "image",
-                 bounds: "Bounds | dict[str, Any] | str | Path | None" = None) -> Classification:
+                 bounds: Bounds | dict[str, Any] | str | Path | None = None) -> Classification:
         """Classify space components ``(n, dim)`` as safe/unsafe under the index's (or given) bounds."""
         x = validate.vectors(vectors, self.dim)
         b = as_bounds(bounds) or self.bounds
@@ -669,7 +672,7 @@ class Index:
         method: str = "cells",
         candidates: int | None = None,
         progress: Callable[[str, int, int], None] | None = None,
-    ) -> "DedupResult":
+    ) -> DedupResult:
         """Groups of exact and near-duplicate rows; with ``apply``, delete all but one of each group.
 
         ``radius``: geodesic distance within which two rows are near copies (or
@@ -704,7 +707,7 @@ class Index:
             self.apply_dedup(result)
         return result
 
-    def apply_dedup(self, result: "DedupResult") -> int:
+    def apply_dedup(self, result: DedupResult) -> int:
         """Delete every non-representative of ``result`` (from :meth:`dedup` on this snapshot) and commit.
 
         Records the run (radius, rule, counts) in the manifest, where ``search(dedup=True)``
@@ -748,7 +751,7 @@ class Index:
         rows = self._snap.rows_of(ids)
         if (rows < 0).any():
             raise InvalidInputError(f"id {int(ids[rows < 0][0])} is not in the index")
-        return np.stack([self._snap.shardset.row(int(g)) for g in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
+        return self._snap.shardset.gather(rows)
 
     def ids(self) -> np.ndarray:
         """Every id in the snapshot, in row order -> ``(n,)`` int64."""

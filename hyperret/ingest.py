@@ -8,9 +8,10 @@ become metadata. The curvature may travel in the schema metadata key
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +61,8 @@ class Source:
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{self.path} is not a readable Parquet or Arrow IPC file ({_first_line(e)})") from None
         if EMBEDDING not in self.schema.names:
-            raise MissingColumnError(f"{self.path} has no {EMBEDDING!r} column (columns: {', '.join(self.schema.names)})")
+            raise MissingColumnError(f"{self.path} has no {EMBEDDING!r} column "
+                                     f"(columns: {', '.join(self.schema.names)})")
         etype = self.schema.field(EMBEDDING).type
         if not (pa.types.is_list(etype) or pa.types.is_large_list(etype) or pa.types.is_fixed_size_list(etype)) \
                 or not pa.types.is_floating(etype.value_type):
@@ -152,6 +154,11 @@ class Source:
         return Batch(vectors=vectors, ids=ids, metadata=meta)
 
 
+@overload
+def resolve_curv(given: float | None, recorded: float | None, where: str, *,
+                 required: Literal[True] = True) -> float: ...
+@overload
+def resolve_curv(given: float | None, recorded: float | None, where: str, *, required: bool) -> float | None: ...
 def resolve_curv(given: float | None, recorded: float | None, where: str, *, required: bool = True) -> float | None:
     """The curvature from ``--curv`` or the file's ``hyperret.curv``: a contradiction is an error,
     and so is neither when ``required``."""

@@ -7,7 +7,8 @@ fallback workqueue layer cannot, so there the parallel calls are serialised.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numba
 

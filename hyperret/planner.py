@@ -31,8 +31,9 @@ it moves few or no queries (measured in docs/benchmarks.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,14 @@ from . import lorentz
 from .errors import InvalidInputError
 from .safety.bounds import MODALITY_CLASSES, Bounds
 from .safety.classify import classify_radius, modality_array
-from .safety.traversal import (HYSAC_ALPHA, geodesic_outward, geodesic_redirect, hysac_outward, hysac_redirect,
-                               hysac_target)
+from .safety.traversal import (
+    HYSAC_ALPHA,
+    geodesic_outward,
+    geodesic_redirect,
+    hysac_outward,
+    hysac_redirect,
+    hysac_target,
+)
 
 POLICIES = ("off", "redirect", "filter", "block", "outward")
 REDIRECT_MODES = ("geodesic", "hysac")
@@ -95,7 +102,7 @@ class Plan:
     filtered: np.ndarray  # shape: (b,) int64, queries searched with unsafe rows left out
     blocked: np.ndarray  # shape: (c,) int64, queries given no results
 
-    def subset(self, sel: np.ndarray) -> "Plan":
+    def subset(self, sel: np.ndarray) -> Plan:
         """The plan of queries ``sel: (s,)`` alone (their QueryPlans are shared, not copied)."""
         pos = np.full(len(self.plans), -1, dtype=np.int64)
         pos[sel] = np.arange(len(sel))
@@ -119,6 +126,13 @@ def per_query(value: Any, m: int, name: str, allowed: Sequence[str]) -> list[str
     return vals
 
 
+def check_redirect_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`REDIRECT_MODES`, else an :class:`InvalidInputError`."""
+    if mode not in REDIRECT_MODES:
+        raise InvalidInputError(f"unknown redirect mode {mode!r} (one of: {', '.join(REDIRECT_MODES)})")
+    return mode
+
+
 def make_plan(
     queries: np.ndarray,
     *,
@@ -136,8 +150,7 @@ def make_plan(
     m = queries.shape[0]
     policies = per_query(policy, m, "policy", POLICIES)
     mod = modality_array(modality, m)
-    if redirect_mode not in REDIRECT_MODES:
-        raise InvalidInputError(f"unknown redirect mode {redirect_mode!r} (one of: {', '.join(REDIRECT_MODES)})")
+    check_redirect_mode(redirect_mode)
     if "outward" in policies and not allow_unsafe:
         raise InvalidInputError("policy 'outward' retrieves unsafe content on purpose: pass allow_unsafe=True "
                                 "(--allow-unsafe)")
@@ -157,27 +170,34 @@ def make_plan(
     for i, p in enumerate(plans):
         if p.policy == "off":
             p.reason = "searched as given"
-        elif p.policy == "filter":
-            p.action = "filter"
-            p.reason = "unsafe hits left out, list refilled to k"
-        elif p.policy == "block":
-            if p.unsafe:
-                p.action = "block"
-                p.reason = (f"blocked: radius {p.radius:.4g} >= {p.modality} threshold "
-                            f"{bounds.threshold(p.modality).radius:.4g}")
-            else:
-                p.reason = "safe query, searched as given"
-        elif p.policy == "redirect":
-            if redirect_mode == "hysac" or p.unsafe:  # HySAC's rule is its own gate
-                _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=True)
-            else:
-                p.reason = "safe query, searched as given"
-        elif p.policy == "outward":
-            _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=False)
+        elif bounds is not None:  # every other policy was refused above without bounds
+            _apply(out, i, p, bounds, curv, redirect_mode, alpha, target)
     idx = np.arange(m, dtype=np.int64)
     acts = np.array([p.action for p in plans]) if m else np.zeros(0, dtype=str)
     return Plan(queries=out, plans=plans, plain=idx[(acts != "filter") & (acts != "block")],
                 filtered=idx[acts == "filter"], blocked=idx[acts == "block"])
+
+
+def _apply(out: np.ndarray, i: int, p: QueryPlan, bounds: Bounds, curv: float, redirect_mode: str, alpha: float,
+           target: str | float | None) -> None:
+    """Apply query ``i``'s policy (not ``off``): record the action, move it in ``out`` if the policy says so."""
+    if p.policy == "filter":
+        p.action = "filter"
+        p.reason = "unsafe hits left out, list refilled to k"
+    elif p.policy == "block":
+        if p.unsafe:
+            p.action = "block"
+            p.reason = (f"blocked: radius {p.radius:.4g} >= {p.modality} threshold "
+                        f"{bounds.threshold(p.modality).radius:.4g}")
+        else:
+            p.reason = "safe query, searched as given"
+    elif p.policy == "redirect":
+        if redirect_mode == "hysac" or p.unsafe:  # HySAC's rule is its own gate
+            _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=True)
+        else:
+            p.reason = "safe query, searched as given"
+    elif p.policy == "outward":
+        _move(out, i, p, bounds, curv, redirect_mode, alpha, target, inward=False)
 
 
 def _classify(plans: list[QueryPlan], radius: np.ndarray, mod: np.ndarray, bounds: Bounds,

@@ -53,7 +53,7 @@ class Preset:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "preset") -> "Preset":
+    def from_dict(cls, d: dict[str, Any], where: str = "preset") -> Preset:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

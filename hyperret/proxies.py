@@ -20,8 +20,8 @@ float32 vectors whose FAISS metric ranks candidates for the exact rerank.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -56,19 +56,19 @@ def _ip_q(q: np.ndarray, curv: float, state: State) -> np.ndarray:
     return np.hstack([q.astype(np.float32, copy=False), -_time32(q, curv)])
 
 
-def _sqnorm(x: np.ndarray, curv: float) -> np.ndarray:
+def _ambient_sqnorm(x: np.ndarray, curv: float) -> np.ndarray:
     """``|x_s|^2 + x_t^2 = 2 |x_s|^2 + 1/curv`` in float64, shape ``(n,)``."""
     x64 = x.astype(np.float64)
     return 2.0 * np.einsum("ij,ij->i", x64, x64) + 1.0 / curv
 
 
 def _mips_state(x: np.ndarray, curv: float) -> State:
-    m = float(_sqnorm(x, curv).max()) if len(x) else 0.0
+    m = float(_ambient_sqnorm(x, curv).max()) if len(x) else 0.0
     return {"M": m * (1.0 + 1e-6)}  # headroom for float rounding in the sqrt below
 
 
 def _mips_db(x: np.ndarray, curv: float, state: State) -> np.ndarray:
-    extra = np.sqrt(np.maximum(state["M"] - _sqnorm(x, curv), 0.0)).astype(np.float32)[:, None]
+    extra = np.sqrt(np.maximum(state["M"] - _ambient_sqnorm(x, curv), 0.0)).astype(np.float32)[:, None]
     return np.hstack([_ip_db(x, curv, state), extra])
 
 

@@ -11,7 +11,7 @@ distance, ties broken by the lower row.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numba
 import numpy as np

@@ -27,9 +27,9 @@ class SearchResult:
     distances: np.ndarray  # shape: (m, k) float32
     rows: np.ndarray  # shape: (m, k) int64, rows of the snapshot searched
     exact: bool
-    snapshot: "Snapshot" = field(repr=False)
+    snapshot: Snapshot = field(repr=False)
     unsafe: np.ndarray | None = None  # shape: (m, k) bool per hit (False for padding); None without bounds
-    plans: list["QueryPlan"] = field(default_factory=list, repr=False)  # what happened to each query
+    plans: list[QueryPlan] = field(default_factory=list, repr=False)  # what happened to each query
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])

@@ -15,7 +15,7 @@ from .presets import Preset
 from .rerank import ShardSet
 from .storage.deletions import read_deletions
 from .storage.fsutil import sha256_file
-from .storage.manifest import Manifest, read_manifest
+from .storage.manifest import CandidateEntry, FileEntry, Manifest, read_manifest
 from .storage.shards import CORE_COLUMNS, Shard
 
 _OPEN_RETRIES = 5
@@ -37,7 +37,7 @@ class Snapshot:
     _skip: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path, *, writable: bool = False) -> "Snapshot":
+    def open(cls, path: Path, *, writable: bool = False) -> Snapshot:
         """Open the committed snapshot; retries if a concurrent commit removed a file."""
         for _ in range(_OPEN_RETRIES):
             manifest = read_manifest(path)
@@ -49,7 +49,7 @@ class Snapshot:
         raise IndexCorruptError(f"index {path} changed {_OPEN_RETRIES} times while opening")
 
     @classmethod
-    def load(cls, path: Path, manifest: Manifest, *, writable: bool = False) -> "Snapshot":
+    def load(cls, path: Path, manifest: Manifest, *, writable: bool = False) -> Snapshot:
         shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
         stage = None
         c = manifest.candidates
@@ -76,8 +76,8 @@ class Snapshot:
 
     @property
     def live(self) -> int:
-        """Rows not deleted: the snapshot's size."""
-        return self.rows - (int(self.deleted.sum()) if self.deleted is not None else 0)
+        """Rows not deleted: the snapshot's size (the manifest's count, which opening checked against the file)."""
+        return self.rows - self.manifest.deleted_rows
 
     def live_rows(self) -> np.ndarray:
         """Global numbers of the rows not deleted, ascending -> ``(live,)`` int64."""
@@ -125,7 +125,7 @@ class Snapshot:
             return None
         key = 0 if bounds is None else 1  # the index's own labels, and the last override
         hit = self._labels.get(key)
-        if hit is not None and hit[0] is bounds:
+        if hit is not None and hit[0] == bounds:  # by value: bounds given as a dict are rebuilt on every call
             return hit[1]
         if key == 0:
             parts = [s.table.column("unsafe_label").to_numpy(zero_copy_only=False).astype(bool) for s in self.shards]
@@ -219,7 +219,7 @@ class Snapshot:
     # ---------------------------------------------------------------- verify
     def verify(self) -> None:
         """Recompute every file's checksum; raise :class:`IndexCorruptError` on a mismatch."""
-        entries = list(self.manifest.shards)
+        entries: list[FileEntry | CandidateEntry] = list(self.manifest.shards)
         if self.manifest.candidates is not None:
             entries.append(self.manifest.candidates)
         for e in entries:

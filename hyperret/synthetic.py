@@ -68,7 +68,8 @@ def make_points(
     ``unsafe_shift`` and ``modality_gap`` set how far unsafe content and images lie
     from their concept's direction (the larger the shift, the more an unsafe query
     finds unsafe content when searched as it is). ``intrinsic_dim`` confines the
-    within-concept variation to that many random directions (real embeddings vary along few); ``None`` spreads it over all ``dim``.
+    within-concept variation to that many random directions (real embeddings vary along few); ``None``
+    spreads it over all ``dim``.
     ``part`` draws a further batch of the same collection (same concepts, new points),
     so large collections can be generated in pieces. ``assign`` = ``(cls, concept)``
     fixes every point's class and concept instead of drawing them (``n`` is then ignored).

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_cli import _fails, _run
 
 from hyperret.demo import write_points
 from hyperret.synthetic import make_points, make_quadruples
-
-from test_cli import _fails, _run
 
 DIM, CURV = 16, 1.0
 

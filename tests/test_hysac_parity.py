@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hysac_reference import ref_move
+from test_cli import _fails, _run
 
 import hyperret
 from hyperret import lorentz
@@ -18,9 +20,6 @@ from hyperret.errors import InvalidInputError
 from hyperret.planner import make_plan
 from hyperret.safety import Bounds, classify
 from hyperret.safety.traversal import hysac_target
-
-from hysac_reference import ref_move
-from test_cli import _fails, _run
 
 DIM = 48
 MAX_ULPS = 4  # torch sums |q| in float32 in its own order; see hyperret.safety.traversal

@@ -24,7 +24,7 @@ def _png(img) -> bytes:
     return buf.getvalue()
 
 
-def halves(w=40, h=20) -> "Image.Image":
+def halves(w=40, h=20) -> Image.Image:
     """Left half red, right half blue."""
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (255, 0, 0)

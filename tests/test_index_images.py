@@ -44,7 +44,7 @@ def model(tmp_path_factory):
     return d
 
 
-def _photo(seed: int, w: int = 64, h: int = 48) -> "Image.Image":
+def _photo(seed: int, w: int = 64, h: int = 48) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
 

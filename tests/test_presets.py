@@ -56,6 +56,6 @@ def test_synthetic_classes_have_separate_radius_peaks():
         p = make_points(4000, 32, curv=curv, seed=1)
         r = lorentz.radius(p.space, curv)
         ranges = [(r[p.cls == c].min(), r[p.cls == c].max()) for c in CLASSES]
-        for (lo_a, hi_a), (lo_b, hi_b) in zip(ranges, ranges[1:]):
+        for (_lo_a, hi_a), (lo_b, _hi_b) in zip(ranges, ranges[1:]):
             assert hi_a < lo_b  # S < V < U < G, no overlap
         assert set(p.modality[p.cls == "S"]) == {"text"} and p.unsafe[p.cls == "G"].all()

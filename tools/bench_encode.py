@@ -45,8 +45,12 @@ def hf_checkpoint(arch: dict, path: Path, r: int = 16) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from torch import nn
-    from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     v, t = arch["vision_cfg"], arch["text_cfg"]
     vw, tw = v["width"], t["width"]

@@ -98,7 +98,8 @@ def redirect(n: int, dim: int) -> list[dict]:
             ref_q = np.stack([o.numpy() for o, _ in ref])
             plan = make_plan(q, curv=c, policy="redirect", modality="text", index_modality="image", bounds=bounds,
                              redirect_mode="hysac")
-            for name, (out, m) in (("hyperret hysac (float32)", (plan.queries, np.array([p.moved for p in plan.plans]))),
+            ours = (plan.queries, np.array([p.moved for p in plan.plans]))
+            for name, (out, m) in (("hyperret hysac (float32)", ours),
                                    ("float64 rescale (before)", _float64_rescale(q, b, c))):
                 both = m & ref_m
                 rows.append({"curv": c0, "queries": kind, "arithmetic": name, "n": n,
@@ -140,7 +141,8 @@ def gate(curv: float, *, constructed: bool, dim: int = 64, n: int = 400) -> dict
     return {"data": "constructed" if constructed else "generated", "curv": curv, "queries": n,
             "target": hysac_target(b, curv), "text_threshold": bounds.threshold("text").radius,
             "reference_moves": int(ref_m.sum()), "hysac_mode_moves": int(moved.sum()),
-            "classifier_gated_moved": int((moved & unsafe).sum()), "same_set_as_reference": bool((moved == ref_m).all())}
+            "classifier_gated_moved": int((moved & unsafe).sum()),
+            "same_set_as_reference": bool((moved == ref_m).all())}
 
 
 def main() -> None:

@@ -54,7 +54,8 @@ def main() -> None:
     held = make_points(20_000, a.dim, part=1, **kw)
     c = classify(held.space, b, a.curv, held.modality)
     out["classification"] = {
-        m: {"balanced_accuracy": float(0.5 * (c.unsafe[sel & held.unsafe].mean() + (~c.unsafe[sel & ~held.unsafe]).mean())),
+        m: {"balanced_accuracy": float(0.5 * (c.unsafe[sel & held.unsafe].mean()
+                                              + (~c.unsafe[sel & ~held.unsafe]).mean())),
             "auroc": auroc(c.score[sel], held.unsafe[sel]), "threshold": b.thresholds[m].radius}
         for m in ("text", "image") for sel in [held.modality == m]}
 
@@ -80,7 +81,8 @@ def main() -> None:
                 dt = time.perf_counter() - t0
                 got = r.rows >= 0
                 safe = float((~r.unsafe[got]).mean()) if got.any() else float("nan")
-                same = float((imgs.concept[np.maximum(r.rows, 0)] == uq.concept[:, None])[got].mean()) if got.any() else float("nan")
+                same_c = imgs.concept[np.maximum(r.rows, 0)] == uq.concept[:, None]
+                same = float(same_c[got].mean()) if got.any() else float("nan")
                 s = ix.search(sq.space, 10, policy=pol, modality="text", redirect_mode=mode, target=target)
                 out["policies"].append({
                     "preset": preset, "policy": pol, "mode": mode if pol == "redirect" else "",

@@ -237,9 +237,9 @@ def cold_start(args, preset: str) -> dict:
     qfile = Path(args.data) / "cold-q.npy"
     np.save(qfile, np.load(p["q"])[:4])
     idx = Path(args.data) / f"index-{preset}-{args.n}"
-    probe = ("import sys, runpy; sys.argv=['hyperret','search',%r,'--vectors',%r,'--json'];"
+    probe = (f"import sys, runpy; sys.argv=['hyperret','search',{str(idx)!r},'--vectors',{str(qfile)!r},'--json'];"
              "\ntry:\n runpy.run_module('hyperret.cli', run_name='__main__')\nexcept SystemExit: pass\n"
-             "assert 'torch' not in sys.modules, 'torch imported'") % (str(idx), str(qfile))
+             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True)  # numba cache warm
     times = []
     for _ in range(args.cold_repeat):

@@ -66,8 +66,12 @@ def build_reference(out: Path) -> None:
     import transformers
     from peft import LoraConfig, get_peft_model
     from torch import nn
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig
-    from transformers import CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(5)
     common = dict(hidden_size=WIDTH, intermediate_size=4 * WIDTH, num_attention_heads=HEADS,

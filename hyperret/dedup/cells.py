@@ -18,7 +18,7 @@ one cell's tangent vectors at a time (in blocks); the shards stay memory-mapped.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -122,7 +122,8 @@ def _block_pairs(ta: np.ndarray, tb: np.ndarray, radius: float, upper: bool) -> 
     hit = d2 <= thr
     if upper:
         hit = np.triu(hit, k=1)
-    return np.nonzero(hit)
+    a, b = np.nonzero(hit)
+    return a, b
 
 
 def cell_join(snap: Snapshot, rows: np.ndarray, radius: float, parent: np.ndarray, *, nlist: int | None = None,

@@ -8,6 +8,8 @@ values, so a hash collision never merges two rows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit, prange
 
@@ -107,7 +109,7 @@ def _full_values(snap: Snapshot, rows: np.ndarray, source: str) -> list:
     return list(snap.shardset.gather(rows))
 
 
-def _equal(a: object, b: object) -> bool:
+def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, np.ndarray):
         return a.tobytes() == b.tobytes()
     return a == b

@@ -10,8 +10,8 @@ radius may have more neighbours: it is asked again with twice the candidates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -99,6 +99,8 @@ def range_pass(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, radius: f
     stats = stats or PassStats()
     n = snap.rows
     stage = snap.stage
+    if stage is None:  # an empty snapshot: no pairs
+        return stats
     todo = np.asarray(rows, dtype=np.int64)
     stats.queried += len(todo)
     kc = min(kc, n)
@@ -140,11 +142,14 @@ def nearest(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, kc: int) -> 
     ``inf`` where the candidate stage found none. For the radius picker.
     """
     out = np.full(len(rows), np.inf)
+    stage = snap.stage
+    if stage is None:  # an empty snapshot: no neighbours
+        return out
     kc = min(kc, snap.rows)
     block = _block_rows(kc)
     for start in range(0, len(rows), block):
         q = np.asarray(rows[start : start + block], dtype=np.int64)
-        cand = snap.stage.near_rows(q, kc, snap.shardset)
+        cand = stage.near_rows(q, kc, snap.shardset)
         d = confirm(q, cand, snap.shardset, snap.manifest.curv)
         d[~eligible[np.maximum(cand, 0)] | (d <= 0)] = np.inf
         out[start : start + len(q)] = d.min(axis=1) if d.shape[1] else np.inf

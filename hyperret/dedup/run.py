@@ -10,9 +10,10 @@ from a sample's nearest-neighbour distances first (``radius``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,8 +22,8 @@ from .. import validate
 from ..errors import InvalidInputError
 from ..snapshot import Snapshot
 from . import groups as G
-from .hashes import content_source, exact_classes
 from .cells import cell_join
+from .hashes import content_source, exact_classes
 from .pairs import PassStats, nearest, range_pass
 from .radius import pick_radius
 from .unionfind import new_forest, roots, union_pairs
@@ -60,29 +61,16 @@ class DedupResult:
 
     def write(self, path: str | Path) -> Path:
         """Write the groups table (``.parquet``, ``.csv`` or ``.json`` by suffix); atomic."""
-        from ..storage.fsutil import atomic_write_bytes
+        from ..storage.fsutil import atomic_write_bytes, atomic_write_table
 
         path = check_out_path(path)
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            sink = pa.BufferOutputStream()
-            pq.write_table(self.groups, sink)
-            data = sink.getvalue().to_pybytes()
-        elif suffix == ".csv":
-            import pyarrow.csv as pcsv
-
-            sink = pa.BufferOutputStream()
-            pcsv.write_csv(self.groups, sink)
-            data = sink.getvalue().to_pybytes()
-        elif suffix == ".json":
+        if path.suffix.lower() == ".json":
             import json
 
             data = json.dumps({"summary": self.summary, "members": self.groups.to_pylist()}, indent=1).encode()
-        else:  # pragma: no cover - check_out_path admits only the three above
-            raise AssertionError(suffix)
-        atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data)
+        else:  # .parquet or .csv (check_out_path admits only these three)
+            atomic_write_table(path, self.groups)
         return path
 
 
@@ -151,6 +139,8 @@ def dedup(snap: Snapshot, *, radius: float | None = None, auto: bool = False, un
         timings["auto"] = time.perf_counter() - t
     else:
         summary["radius_source"] = "given"
+    if radius is None:  # pragma: no cover - validated above: a radius or auto
+        raise AssertionError("dedup without a radius")
     summary["radius"] = float(radius)
 
     t = time.perf_counter()

@@ -10,11 +10,11 @@ so only the tensors a caller touches are read), safetensors through
 
 from __future__ import annotations
 
-import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import CheckpointError, DependencyError
 
@@ -100,15 +100,6 @@ def _download(repo: str, hf_hub_download: Any) -> Located:
                           f"pass a local path to the checkpoint instead")
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 class TensorFile:
     """The tensors of a checkpoint by name, read on first access.
 
@@ -122,7 +113,7 @@ class TensorFile:
         kind = sniff(self.path)
         self.kind = kind
         self._safe = None
-        self._dict: dict[str, Any] | None = None
+        self._dict: dict[str, Any] = {}  # the torch state dict (safetensors files read through _safe)
         if kind == "safetensors":
             try:
                 from safetensors import safe_open

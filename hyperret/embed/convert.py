@@ -29,7 +29,8 @@ inert is a :class:`CheckpointError`, never silently dropped. Two keys need care:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..errors import CheckpointError
 

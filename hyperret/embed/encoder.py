@@ -14,13 +14,15 @@ with autocast on a GPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import lorentz
 from ..errors import CheckpointError, InvalidInputError
+from ..storage.fsutil import sha256_file
 from . import checkpoint as ckpt
 from . import convert, towers
 from .images import ImageSkipped, decode, read_file, to_rgb
@@ -213,7 +215,7 @@ class Encoder:
     def sha256(self) -> str:
         """SHA-256 of the checkpoint file (computed once)."""
         if self._sha256 is None:
-            self._sha256 = ckpt.file_sha256(self.located.path)
+            self._sha256 = sha256_file(self.located.path)
         return self._sha256
 
     def describe(self) -> dict[str, Any]:
@@ -273,7 +275,7 @@ class HySACEncoder(Encoder):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, arch: towers.Arch = DEFAULT_ARCH, device: str = "cpu", *,
-                        lora_alpha: float = 1.0, precision: str = "auto") -> "HySACEncoder":
+                        lora_alpha: float = 1.0, precision: str = "auto") -> HySACEncoder:
         """Load ``hysac_model.pth`` (a path, a directory or the Hugging Face repo ``aimagelab/hysac``).
 
         ``arch``: the open_clip architecture (name, config dict or JSON path).
@@ -324,7 +326,7 @@ class CLIPEncoder(Encoder):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, arch: towers.Arch = DEFAULT_ARCH, device: str = "cpu", *,
-                        precision: str = "auto") -> "CLIPEncoder":
+                        precision: str = "auto") -> CLIPEncoder:
         """Load an open_clip (``open_clip_pytorch_model.bin``) or transformers CLIP checkpoint."""
         located = ckpt.locate(path)
         return cls(located, ckpt.TensorFile(located.path), arch, device, precision)

@@ -93,24 +93,16 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, draft: int | None = Non
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         raise ImageSkipped(f"truncated or corrupt: {_first_line(e)}") from None
     try:
-        img = _orient(img, orientation)
+        if orientation != 1:
+            from PIL import ImageOps
+
+            img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img)
     except (OSError, ValueError) as e:
         raise ImageSkipped(f"cannot convert mode {img.mode}: {_first_line(e)}") from None
     if orientation in _SWAPS:
         w, h = h, w
     return Decoded(rgb, w, h)
-
-
-def _orient(img: Any, orientation: int) -> Any:
-    """Apply EXIF ``orientation`` (1..8) to ``img``."""
-    Image = pil()
-    T = Image.Transpose
-    ops = {2: [T.FLIP_LEFT_RIGHT], 3: [T.ROTATE_180], 4: [T.FLIP_TOP_BOTTOM], 5: [T.TRANSPOSE],
-           6: [T.ROTATE_270], 7: [T.TRANSVERSE], 8: [T.ROTATE_90]}.get(orientation, [])
-    for op in ops:
-        img = img.transpose(op)
-    return img
 
 
 def to_rgb(img: Any) -> Any:

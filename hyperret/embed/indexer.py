@@ -15,10 +15,11 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -200,7 +201,7 @@ def index_images(
                 summary.model_seconds += time.perf_counter() - tf
             rows, meta = _triage(items, known, rep, reasons, summary)
             tw = time.perf_counter()
-            if rows:
+            if rows and vectors is not None:  # rows come only from decoded items, so from a batch
                 ix.add(vectors[np.asarray(rows)], metadata=_meta_table(meta))
                 summary.indexed += len(rows)
             if ix.pending and (ix.pending >= commit_every or time.monotonic() - last_commit >= commit_seconds):
@@ -228,7 +229,7 @@ def index_images(
     return summary
 
 
-def _triage(items: list[Item], known: dict[str, str], rep: "_Report", reasons: Counter[str],
+def _triage(items: list[Item], known: dict[str, str], rep: _Report, reasons: Counter[str],
             summary: RunSummary) -> tuple[list[int], dict[str, list[Any]]]:
     """Which rows of a batch's vectors to add (and their metadata); the rest are counted or reported."""
     rows: list[int] = []
@@ -238,7 +239,7 @@ def _triage(items: list[Item], known: dict[str, str], rep: "_Report", reasons: C
         if it.decoded:
             j += 1
         if it.reason == ALREADY or (it.reason is None and it.sha256 in known):
-            first = known.get(it.sha256)
+            first = known.get(it.sha256) if it.sha256 is not None else None
             if first is not None and first != it.uri:
                 rep.write(it.uri, f"duplicate: same content as {first}")
                 reasons["duplicate"] += 1
@@ -248,7 +249,7 @@ def _triage(items: list[Item], known: dict[str, str], rep: "_Report", reasons: C
             rep.write(it.uri, it.reason)
             reasons[_reason_class(it.reason)] += 1
         else:
-            known[it.sha256] = it.uri
+            known[cast(str, it.sha256)] = it.uri  # an item without a reason was read and hashed
             rows.append(j)
             for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
                 meta[key].append(v)
@@ -354,7 +355,8 @@ class _Report:
     """A JSON-lines file of ``{"uri", "reason"}``, created on the first line."""
 
     def __init__(self, path: Path):
-        self.path, self.lines, self._f = path, 0, None
+        self.path, self.lines = path, 0
+        self._f: TextIO | None = None
 
     def write(self, uri: str, reason: str) -> None:
         if self._f is None:

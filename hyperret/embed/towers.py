@@ -121,7 +121,7 @@ def split_preprocess(cfg: dict[str, Any]) -> tuple[Any, tuple[float, ...], tuple
             mean, std = tuple(float(m) for m in t.mean), tuple(float(s) for s in t.std)
         elif "ToTensor" not in type(t).__name__:
             steps.append(t)
-    if mean is None:
+    if mean is None or std is None:
         raise CheckpointError("the architecture's preprocessing has no Normalize step")
     return T.Compose([*steps, T.PILToTensor()]), mean, std
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -128,12 +129,13 @@ class Bounds:
         atomic_write_bytes(Path(path), (json.dumps(self.to_dict(), indent=1) + "\n").encode())
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "") -> "Bounds":
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "") -> Bounds:
         """From hyperret's format or HySAC's (class letters with ``up_95``/``low_05``/``avg``)."""
         if not isinstance(d, Mapping):
             raise InvalidInputError(f"{source or 'bounds'}: expected a JSON object")
         if int(d.get("format_version", 0) or 0) > FORMAT_VERSION:
-            raise InvalidInputError(f"{source}: bounds format version {d['format_version']} is newer than this hyperret")
+            raise InvalidInputError(f"{source}: bounds format version {d['format_version']} is newer than this "
+                                    f"hyperret")
         classes: dict[str, dict[str, float]] = {}
         for letter in CLASSES:
             if letter in d:
@@ -165,7 +167,7 @@ class Bounds:
                    source=str(d.get("source") or source), extra=dict(d.get("extra") or {}))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Bounds":
+    def load(cls, path: str | Path) -> Bounds:
         """Read a bounds JSON file (hyperret's or HySAC's ``hysac_bounds.json``)."""
         path = Path(path)
         try:
@@ -177,7 +179,7 @@ class Bounds:
         return cls.from_dict(raw, source=str(path))
 
 
-def as_bounds(b: "Bounds | Mapping[str, Any] | str | Path | None") -> "Bounds | None":
+def as_bounds(b: Bounds | Mapping[str, Any] | str | Path | None) -> Bounds | None:
     """Accept a :class:`Bounds`, its dict form, or a path to a bounds file."""
     if b is None or isinstance(b, Bounds):
         return b

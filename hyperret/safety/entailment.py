@@ -102,7 +102,9 @@ def _nearest_serial(points, cand, offsets, bases, curv, min_radius, out_rows, ou
 
 def nearest_entailing(points: np.ndarray, candidates: np.ndarray, shards: ShardSet, curv: float,
                       min_radius: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest entailing row of ``points: (s, D)`` among ``candidates: (s, kc)`` -> ``(rows, distance, angle, aperture)``, each ``(s,)``.
+    """Nearest entailing row of ``points: (s, D)`` among ``candidates: (s, kc)``.
+
+    Returns ``(rows, distance, angle, aperture)``, each ``(s,)``.
 
     ``rows`` int64 (``-1`` where no candidate's cone contains the point), ``distance``
     float64 geodesic (``inf`` then), ``angle`` the exterior angle at the row and

@@ -89,7 +89,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every task and the classifier; returns ``{"tasks": [...], "classification": {...}, ...}``."""
     from ..index import Index
+    from ..planner import check_redirect_mode
 
+    check_redirect_mode(redirect_mode)  # before the rows: a row's bounds error is skipped, this is not
     n = quads["S"].shape[0]
     calibrated_here = bounds is None
     if bounds is None:

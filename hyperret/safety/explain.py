@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 CAPTION_COLUMNS = ("caption", "text", "title")
 
 
-def caption_column(ix: "Index", column: str | None) -> str | None:
+def caption_column(ix: Index, column: str | None) -> str | None:
     """The metadata column holding caption text: ``column``, else a usual name, else the first string column."""
     cols = ix.manifest.metadata_columns
     if column is not None:
@@ -51,7 +51,7 @@ def caption_column(ix: "Index", column: str | None) -> str | None:
     return next((n for n, t in cols.items() if t in ("string", "large_string")), None)
 
 
-def explain_path(point: np.ndarray, captions: "Index", *, steps: int = 10, column: str | None = None,
+def explain_path(point: np.ndarray, captions: Index, *, steps: int = 10, column: str | None = None,
                  min_radius: float = 0.1, candidates: int = 256, max_candidates: int = 65_536) -> dict[str, Any]:
     """Walk from ``point: (D,)`` to the origin in ``steps`` steps; the nearest entailing caption at each."""
     x = np.asarray(point, dtype=np.float64)

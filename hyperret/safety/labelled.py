@@ -63,12 +63,13 @@ def load_labelled(path: str | Path, curv: float | None = None, *, need_labels: b
     for b in src.batches():
         spaces.append(b.vectors)
         n = len(b.vectors)
-        if "modality" in cols:
-            mods.append(np.asarray(b.metadata.column("modality").to_pylist(), dtype=object))
+        meta = b.metadata  # present whenever the file has the columns named below
+        if "modality" in cols and meta is not None:
+            mods.append(np.array(meta.column("modality").to_pylist(), dtype=np.object_))
         else:
             mods.append(np.full(n, modality, dtype=object))
-        if "unsafe" in cols:
-            col = b.metadata.column("unsafe")
+        if "unsafe" in cols and meta is not None:
+            col = meta.column("unsafe")
             if col.null_count:
                 raise InvalidInputError(f"{path}: null in the 'unsafe' column")
             if not (pa.types.is_boolean(col.type) or pa.types.is_integer(col.type)):

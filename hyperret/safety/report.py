@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import lorentz, validate
-from ..errors import InvalidInputError
+from ..errors import DependencyError, InvalidInputError
 from .bounds import MODALITY_CLASSES, Bounds
 
 __all__ = ["CLASS_NAMES", "MAX_DISK_POINTS", "UNLABELLED", "render_report"]
@@ -177,7 +177,7 @@ def _figure(r, lab, present, counts, bounds, thresholds, disk, curv, title, bins
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"the safety report needs matplotlib ({e})") from None
+        raise DependencyError(f"the safety report needs matplotlib ({e}): pip install 'hyperret[report]'") from None
 
     has_disk = disk is not None
     fig = Figure(figsize=(13.0, 5.6) if has_disk else (8.0, 5.6))
@@ -244,7 +244,7 @@ def _figure(r, lab, present, counts, bounds, thresholds, disk, curv, title, bins
     return fig
 
 
-def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | Path | None" = None,
+def report_from(source: str | Path, out: str | Path, *, bounds: Bounds | str | Path | None = None,
                 curv: float | None = None, sample: int = 2000, seed: int = 0) -> dict:
     """:func:`render_report` for an index directory or a labelled embedding file.
 
@@ -268,7 +268,7 @@ def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | 
         radius = np.concatenate([s.radius for s in snap.shards]).astype(np.float64) if snap.shards else np.zeros(0)
         mod = snap.row_modality()
         if "unsafe" in ix.manifest.metadata_columns:
-            unsafe = np.concatenate([np.asarray(s.table.column("unsafe").to_pylist(), dtype=bool)
+            unsafe: np.ndarray | None = np.concatenate([np.asarray(s.table.column("unsafe").to_pylist(), dtype=bool)
                                      for s in snap.shards])
             how = "ground-truth 'unsafe' column"
         else:
@@ -278,7 +278,8 @@ def report_from(source: str | Path, out: str | Path, *, bounds: "Bounds | str | 
         radius, mod = radius[live], mod[live]
         unsafe = unsafe[live] if unsafe is not None else None
         rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(len(radius), size=min(sample, len(radius)), replace=False)) if len(radius) else []
+        pick: Any = (np.sort(rng.choice(len(radius), size=min(sample, len(radius)), replace=False))
+                     if len(radius) else [])
         space = np.stack([snap.shardset.row(int(live[g])) for g in pick]) if len(pick) else None
         title = f"{src.name}: {len(radius)} rows, classes from {how}"
     else:

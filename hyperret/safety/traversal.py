@@ -64,7 +64,8 @@ def hysac_radius(q: np.ndarray, curv: float) -> np.ndarray:
     return (np.arccosh(np.maximum(arg, np.float32(1.0))) / np.sqrt(c)).astype(np.float32)
 
 
-def hysac_redirect(q: np.ndarray, bound: float, curv: float, alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+def hysac_redirect(q: np.ndarray, bound: float, curv: float,
+                   alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """HySAC's inward traversal of queries ``q: (m, D)`` -> ``(moved queries (m, D), moved (m,) bool)``.
 
     A query is moved iff its (float32) distance to the origin exceeds :func:`hysac_target`;
@@ -74,7 +75,8 @@ def hysac_redirect(q: np.ndarray, bound: float, curv: float, alpha: float = HYSA
     return _hysac_rescale(q, target, hysac_radius(q, curv) > np.float32(target))
 
 
-def hysac_outward(q: np.ndarray, bound: float, curv: float, alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
+def hysac_outward(q: np.ndarray, bound: float, curv: float,
+                  alpha: float = HYSAC_ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """The reference evaluation's outward push: distance below the target -> rescaled to it (zero rows stay)."""
     target = hysac_target(bound, curv, alpha)
     q = np.atleast_2d(q)

@@ -52,11 +52,11 @@ def read_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     size = path.stat().st_size
     mm = np.memmap(path, dtype=np.uint8, mode="r") if size > start else np.zeros(0, np.uint8)
     out = {}
-    for name, e in header["arrays"].items():
-        dt = np.dtype(e["dtype"])
-        count = int(np.prod(e["shape"], dtype=np.int64))
-        lo = start + e["offset"]
+    for name, entry in header["arrays"].items():
+        dt = np.dtype(entry["dtype"])
+        count = int(np.prod(entry["shape"], dtype=np.int64))
+        lo = start + entry["offset"]
         if lo + count * dt.itemsize > size:
             raise IndexCorruptError(f"{path.name}: array {name!r} runs past the end of the file")
-        out[name] = mm[lo : lo + count * dt.itemsize].view(dt).reshape(e["shape"])
+        out[name] = mm[lo : lo + count * dt.itemsize].view(dt).reshape(entry["shape"])
     return out, header["meta"]

@@ -6,8 +6,12 @@ import fcntl
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import IndexLockedError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _CHUNK = 8 << 20
 
@@ -39,6 +43,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write an Arrow ``table`` as Parquet or CSV (by ``path``'s suffix), atomically and fsync'd."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    if path.suffix.lower() == ".csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, sink)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def sha256_file(path: Path) -> str:

@@ -97,7 +97,7 @@ class Manifest:
         return (json.dumps(d, indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: Path) -> "Manifest":
+    def from_json(cls, raw: bytes, where: Path) -> Manifest:
         try:
             d = json.loads(raw)
             if d.get("format") != FORMAT_NAME:
@@ -117,7 +117,7 @@ class Manifest:
         except (ValueError, TypeError, KeyError) as e:
             raise IndexCorruptError(f"{where}: unreadable manifest ({e})") from e
 
-    def committed(self, **changes: Any) -> "Manifest":
+    def committed(self, **changes: Any) -> Manifest:
         """A copy for the next commit: version + 1, fresh commit time, ``changes`` applied."""
         return replace(self, version=self.version + 1, committed_at=_now(), format_version=FORMAT_VERSION, **changes)
 

@@ -83,7 +83,7 @@ class Shard:
     radius: np.ndarray  # shape: (n,) float32
 
     @classmethod
-    def open(cls, directory: Path, entry: FileEntry, dim: int) -> "Shard":
+    def open(cls, directory: Path, entry: FileEntry, dim: int) -> Shard:
         path = Path(directory) / entry.file
         try:
             source = pa.memory_map(str(path), "r")
