@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from . import errors, lorentz
+from . import errors
 from .errors import HyperretError
+from .geometry import lorentz
 from .index import Index
-from .planner import QueryPlan
-from .presets import Preset, list_presets, load_preset
-from .result import SearchResult
 from .safety import Bounds, Classification, calibrate
+from .safety.planner import QueryPlan
+from .search.presets import Preset, list_presets, load_preset
+from .search.result import SearchResult
 
 if TYPE_CHECKING:
     from .embed.encoder import CLIPEncoder, HySACEncoder

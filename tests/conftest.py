@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperret import lorentz
-from hyperret.synthetic import make_points
+from hyperret.geometry import lorentz
+from hyperret.testing.synthetic import make_points
 
 
 @pytest.fixture

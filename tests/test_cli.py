@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hyperret.cli import app
-from hyperret.demo import write_points
-from hyperret.synthetic import make_points
+from hyperret.cli.demo import write_points
+from hyperret.testing.synthetic import make_points
 
 runner = CliRunner()
 
@@ -163,7 +163,7 @@ def test_vector_search_never_imports_torch(tmp_path):
     """A whole `hyperret search --vectors` run, in a fresh process, leaves torch unimported."""
     import hyperret
 
-    x = hyperret.lorentz.exp_map0(np.random.default_rng(0).normal(size=(50, 8)) * 0.3, 1.0).astype(np.float32)
+    x = hyperret.geometry.lorentz.exp_map0(np.random.default_rng(0).normal(size=(50, 8)) * 0.3, 1.0).astype(np.float32)
     with hyperret.Index.create(tmp_path / "ix", dim=8, preset="exact") as ix:
         ix.add(x)
         ix.commit()

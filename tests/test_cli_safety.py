@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import _fails, _run
 
-from hyperret.demo import write_points
-from hyperret.synthetic import make_points, make_quadruples
+from hyperret.cli.demo import write_points
+from hyperret.testing.synthetic import make_points, make_quadruples
 
 DIM, CURV = 16, 1.0
 

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import hyperret
-from hyperret import lorentz
 from hyperret.dedup import cells, collapse
 from hyperret.dedup.groups import GROUPINGS
 from hyperret.dedup.radius import pick_radius
 from hyperret.dedup.unionfind import new_forest, roots, union_pairs
 from hyperret.errors import InvalidInputError
-from hyperret.synthetic import make_duplicates
+from hyperret.geometry import lorentz
+from hyperret.testing.synthetic import make_duplicates
 
 
 def _pairs(labels: np.ndarray) -> set[tuple[int, int]]:
@@ -249,7 +249,7 @@ def test_star_grouping_breaks_chains_and_diameters_are_reported(tmp_path):
 
 def test_unsafe_only_needs_bounds_and_groups_only_unsafe_rows(tmp_path):
     from hyperret.safety import calibrate
-    from hyperret.synthetic import make_points
+    from hyperret.testing.synthetic import make_points
 
     cal = make_points(4000, 16, seed=3, n_concepts=50)
     b = calibrate(lorentz.radius(cal.space, 1.0), cal.modality, cal.unsafe, curv=1.0)

@@ -83,9 +83,9 @@ def test_delete_errors_missing_ok_rollback_and_readding(tmp_path):
 
 
 def test_filter_with_deleted_rows_counts_only_unsafe_skips(tmp_path):
-    from hyperret import lorentz
+    from hyperret.geometry import lorentz
     from hyperret.safety import calibrate
-    from hyperret.synthetic import make_points
+    from hyperret.testing.synthetic import make_points
 
     cal = make_points(4000, DIM, seed=3, n_concepts=50)
     b = calibrate(lorentz.radius(cal.space, 1.0), cal.modality, cal.unsafe, curv=1.0)

@@ -116,7 +116,7 @@ def test_lora_alpha_scales_the_delta(hysac, files):
 
 
 def test_embeddings_lie_on_the_hyperboloid(files):
-    from hyperret import lorentz
+    from hyperret.geometry import lorentz
 
     enc = HySACEncoder.from_checkpoint(files["new"], arch=ARCH)
     x = enc.encode_text(TEXTS)

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from hyperret import lorentz
 from hyperret.errors import InvalidInputError
-from hyperret.parallel import PARALLEL_MIN_QUERIES
-from hyperret.rerank import ShardSet
+from hyperret.geometry import lorentz
+from hyperret.kernels.parallel import PARALLEL_MIN_QUERIES
 from hyperret.safety import traversal
 from hyperret.safety.entailment import entails, nearest_entailing
+from hyperret.search.rerank import ShardSet
 
 DIM = 8
 

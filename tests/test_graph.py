@@ -5,9 +5,10 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from hyperret import graph, lorentz
-from hyperret.proxies import PROXIES
-from hyperret.rerank import ShardSet
+from hyperret.geometry import lorentz
+from hyperret.search import graph
+from hyperret.search.proxies import PROXIES
+from hyperret.search.rerank import ShardSet
 
 
 def _setup(n=3000, dim=12, curv=0.8, seed=0):

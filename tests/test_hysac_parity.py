@@ -15,10 +15,10 @@ from hysac_reference import ref_move
 from test_cli import _fails, _run
 
 import hyperret
-from hyperret import lorentz
 from hyperret.errors import InvalidInputError
-from hyperret.planner import make_plan
+from hyperret.geometry import lorentz
 from hyperret.safety import Bounds, classify
+from hyperret.safety.planner import make_plan
 from hyperret.safety.traversal import hysac_target
 
 DIM = 48
@@ -244,7 +244,7 @@ def _eval_bounds(quads: dict, curv: float) -> dict:
 
 def test_every_evaluation_task_matches_a_direct_computation():
     from hyperret.safety.evaluate import evaluate
-    from hyperret.synthetic import make_quadruples
+    from hyperret.testing.synthetic import make_quadruples
 
     curv = 0.7
     quads = make_quadruples(300, 16, curv=curv, seed=12)
@@ -273,7 +273,7 @@ def test_every_evaluation_task_matches_a_direct_computation():
 
 def test_evaluation_with_minimal_bounds_runs_what_it_can():
     from hyperret.safety.evaluate import evaluate, markdown
-    from hyperret.synthetic import make_quadruples
+    from hyperret.testing.synthetic import make_quadruples
 
     quads = make_quadruples(100, 16, curv=1.0, seed=13)
     raw = _eval_bounds(quads, 1.0)
@@ -292,7 +292,7 @@ def test_evaluation_with_minimal_bounds_runs_what_it_can():
 def test_eval_reads_the_reference_saved_embeddings(tmp_path):
     torch = pytest.importorskip("torch")
     from hyperret.safety.labelled import load_paired
-    from hyperret.synthetic import make_quadruples
+    from hyperret.testing.synthetic import make_quadruples
 
     quads = make_quadruples(60, 16, curv=1.0, seed=14)
     names = {"S": "all_text_safe_embeddings", "U": "all_text_nsfw_embeddings", "V": "all_visual_safe_embeddings",

@@ -10,7 +10,7 @@ import pytest
 
 import hyperret
 from hyperret import errors
-from hyperret.synthetic import make_points, make_queries
+from hyperret.testing.synthetic import make_points, make_queries
 
 
 def _build(path, points, preset="exact", **kw):

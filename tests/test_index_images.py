@@ -115,7 +115,7 @@ def test_index_folder_then_search_by_text_and_image(model, collection, tmp_path)
     recs = [json.loads(line) for line in p.stdout.splitlines()]
     assert [r["input"] for r in recs] == ["text: a red square", "text: a photo"]
     q = enc.encode_text(["a red square"])
-    d = hyperret.lorentz.pairwise_distance(q.astype(np.float64), ix.vectors(ix.ids()).astype(np.float64),
+    d = hyperret.geometry.lorentz.pairwise_distance(q.astype(np.float64), ix.vectors(ix.ids()).astype(np.float64),
                                            enc.curv)[0]
     want = [int(i) for i in ix.ids()[np.argsort(d)[:4]]]
     assert [h["id"] for h in recs[0]["hits"]] == want

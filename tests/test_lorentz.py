@@ -6,7 +6,7 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-from hyperret import lorentz as L
+from hyperret.geometry import lorentz as L
 
 mp.mp.dps = 50
 

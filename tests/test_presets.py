@@ -3,10 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperret import errors, lorentz
-from hyperret.presets import DEFAULT_PRESET, Preset, list_presets, load_preset
-from hyperret.proxies import PROXIES, pad
-from hyperret.synthetic import CLASSES, make_points
+from hyperret import errors
+from hyperret.geometry import lorentz
+from hyperret.search.presets import DEFAULT_PRESET, Preset, list_presets, load_preset
+from hyperret.search.proxies import PROXIES, pad
+from hyperret.testing.synthetic import CLASSES, make_points
 
 
 def test_shipped_presets_load():

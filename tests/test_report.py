@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from hyperret import lorentz
 from hyperret.errors import InvalidInputError
+from hyperret.geometry import lorentz
 from hyperret.safety.bounds import calibrate
-from hyperret.synthetic import make_points
+from hyperret.testing.synthetic import make_points
 
 pytest.importorskip("matplotlib")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hyperret import lorentz
-from hyperret.parallel import PARALLEL_MIN_QUERIES
-from hyperret.rerank import ShardSet, rerank
+from hyperret.geometry import lorentz
+from hyperret.kernels.parallel import PARALLEL_MIN_QUERIES
+from hyperret.search.rerank import ShardSet, rerank
 
 
 def reference_rerank(q, cand, data, curv, k):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 import hyperret
-from hyperret import lorentz
 from hyperret.errors import InvalidInputError
-from hyperret.planner import make_plan
+from hyperret.geometry import lorentz
 from hyperret.safety import Bounds, calibrate, classify
 from hyperret.safety.bounds import choose_threshold
 from hyperret.safety.evaluate import auroc, evaluate, markdown
+from hyperret.safety.planner import make_plan
 from hyperret.safety.traversal import geodesic_move, tangent_path
-from hyperret.synthetic import make_points, make_quadruples
+from hyperret.testing.synthetic import make_points, make_quadruples
 
 CURV = 1.0
 DIM = 32

@@ -66,7 +66,7 @@ def _score(pred: set, true: set) -> dict[str, float]:
 # ------------------------------------------------------------------ data
 def make_data(n: int, dim: int, groups: int, data: Path, seed: int) -> tuple[Path, Path]:
     """Points with injected groups, saved as .npy (cached in ``data``)."""
-    from hyperret.synthetic import make_duplicates, make_points
+    from hyperret.testing.synthetic import make_duplicates, make_points
 
     x_path = data / f"dedup-x-{n}-{dim}-{groups}.npy"
     g_path = data / f"dedup-g-{n}-{dim}-{groups}.npy"
@@ -124,7 +124,7 @@ def run_auto(index: Path) -> dict:
 def run_baseline(x_path: Path, radius: float, curv: float = 1.0, nlist: int = 1024, nprobe: int = 8) -> dict:
     import faiss
 
-    from hyperret import lorentz
+    from hyperret.geometry import lorentz
 
     x = np.load(x_path, mmap_mode="r")
     n, d = x.shape
@@ -176,7 +176,7 @@ def run_baseline(x_path: Path, radius: float, curv: float = 1.0, nlist: int = 10
 
 
 def run_brute(x_path: Path, rows: int, radius: float, curv: float = 1.0) -> dict:
-    from hyperret import lorentz
+    from hyperret.geometry import lorentz
 
     x = np.asarray(np.load(x_path, mmap_mode="r")[:rows], np.float64)
     t0 = time.perf_counter()

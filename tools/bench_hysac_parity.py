@@ -31,11 +31,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hysac_reference import ref_move  # noqa: E402
 
-from hyperret import lorentz  # noqa: E402
-from hyperret.planner import make_plan  # noqa: E402
+from hyperret.geometry import lorentz  # noqa: E402
 from hyperret.safety import Bounds, calibrate  # noqa: E402
+from hyperret.safety.planner import make_plan  # noqa: E402
 from hyperret.safety.traversal import hysac_target  # noqa: E402
-from hyperret.synthetic import make_points  # noqa: E402
+from hyperret.testing.synthetic import make_points  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "hysac_pinned"
 BIAS = "visual.base_model.model.vision_model.embeddings.patch_embedding.bias"

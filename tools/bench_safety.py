@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 import hyperret
-from hyperret import lorentz
+from hyperret.geometry import lorentz
 from hyperret.safety import calibrate, classify
 from hyperret.safety.evaluate import auroc, evaluate, markdown
-from hyperret.synthetic import make_points, make_quadruples
+from hyperret.testing.synthetic import make_points, make_quadruples
 
 
 def _protocol(a: argparse.Namespace) -> dict:

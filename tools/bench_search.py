@@ -2,7 +2,7 @@
 
     python tools/bench_search.py --n 100000 --dim 768 --queries 1000
 
-Generates HySAC-like points (hyperret.synthetic, cached under --data), computes the
+Generates HySAC-like points (hyperret.testing.synthetic, cached under --data), computes the
 exact float64 k-NN, then measures for each preset (each in its own process, so peak
 memory is its own): build time, size on disk, recall@k, queries/s for one batch of
 --queries and for single queries, and serving memory; and the cold-start wall time of
@@ -50,8 +50,8 @@ def data_paths(args) -> dict[str, Path]:
 
 
 def make_data(args) -> None:
-    from hyperret import lorentz
-    from hyperret.synthetic import make_points
+    from hyperret.geometry import lorentz
+    from hyperret.testing.synthetic import make_points
 
     p = data_paths(args)
     if all(v.exists() for v in p.values()):
@@ -141,7 +141,7 @@ def worker_search(args) -> dict:
     ix = hyperret.Index.open(Path(args.data) / f"index-{args.worker}-{args.n}")
     res = ix.search(q, k=args.k)
     by_mod = {}
-    from hyperret.synthetic import make_points  # modality labels of the queries
+    from hyperret.testing.synthetic import make_points  # modality labels of the queries
     labels = make_points(args.queries, args.dim, curv=CURV, n_concepts=max(32, args.n // 1000), intrinsic_dim=32,
                          seed=11, part=10_000)
     for mod in ("text", "image"):
@@ -169,7 +169,7 @@ def paired_with_faiss(args, ix, q: np.ndarray, rounds: int = 5) -> dict:
     """
     import faiss
 
-    from hyperret.proxies import PROXIES
+    from hyperret.search.proxies import PROXIES
 
     x = np.load(data_paths(args)["x"], mmap_mode="r")
     pr = PROXIES["ip"]
@@ -188,7 +188,7 @@ def paired_with_faiss(args, ix, q: np.ndarray, rounds: int = 5) -> dict:
 def worker_faiss(args) -> dict:
     import faiss
 
-    from hyperret.proxies import PROXIES
+    from hyperret.search.proxies import PROXIES
 
     p = data_paths(args)
     x = np.load(p["x"], mmap_mode="r")

@@ -24,9 +24,9 @@ import faiss
 import numpy as np
 from numba import njit, prange
 
-from .. import lorentz
-from ..rerank import _distance_row, _prepare_query, _row_view
-from ..snapshot import Snapshot
+from ..geometry import lorentz
+from ..search.rerank import _distance_row, _prepare_query, _row_view
+from ..storage.snapshot import Snapshot
 from .pairs import PassStats
 from .unionfind import union_pairs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..rerank import ShardSet, _distance_row, _prepare_query, _row_view
+from ..search.rerank import ShardSet, _distance_row, _prepare_query, _row_view
 
 #: Radius used by ``search(dedup=True)`` when the index has no applied dedup run to take it from.
 DEFAULT_SEARCH_RADIUS = 0.05

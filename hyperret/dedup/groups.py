@@ -2,7 +2,7 @@
 
 Groups are given as ``members`` (global rows, grouped) and ``starts`` (where each
 group begins, ``(g + 1,)``). The kernels run over groups in parallel; each uses
-the stable geodesic distance of :mod:`hyperret.rerank`.
+the stable geodesic distance of :mod:`hyperret.search.rerank`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInputError
-from ..rerank import _distance_row, _prepare_query, _row_view, _sqnorm
-from ..snapshot import Snapshot
+from ..search.rerank import _distance_row, _prepare_query, _row_view, _sqnorm
+from ..storage.snapshot import Snapshot
 
 #: Groups up to this size get an exact diameter (all pairs); larger ones the bound 2 max d(rep, member).
 DIAMETER_EXACT_MAX = 2048

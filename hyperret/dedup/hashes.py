@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from ..snapshot import Snapshot
+from ..storage.snapshot import Snapshot
 
 HASH_COLUMN = "sha256"
 

@@ -2,7 +2,7 @@
 
 Every query row asks the candidate stage for ``kc`` rows near it; each pair is
 confirmed with the cancellation-free geodesic distance (float64 sums over the
-float32 rows, :func:`hyperret.rerank._gap_row`), and pairs within the radius are
+float32 rows, :func:`hyperret.search.rerank._gap_row`), and pairs within the radius are
 handed to the union-find at once: nothing per pair is kept, so memory stays at a
 few arrays of one entry per row. A row whose every candidate fell inside the
 radius may have more neighbours: it is asked again with twice the candidates.
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from .. import parallel
-from ..rerank import ShardSet, _distance_row, _prepare_query, _row_view
-from ..snapshot import Snapshot
+from ..kernels import parallel
+from ..search.rerank import ShardSet, _distance_row, _prepare_query, _row_view
+from ..storage.snapshot import Snapshot
 from .unionfind import union_pairs
 
 Progress = Callable[[int], None]

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .. import validate
 from ..errors import InvalidInputError
-from ..snapshot import Snapshot
+from ..storage.snapshot import Snapshot
 from . import groups as G
 from .cells import cell_join
 from .hashes import content_source, exact_classes

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import lorentz
 from ..errors import CheckpointError, InvalidInputError
+from ..geometry import lorentz
 from ..storage.fsutil import sha256_file
 from . import checkpoint as ckpt
 from . import convert, towers
@@ -333,7 +333,7 @@ class CLIPEncoder(Encoder):
 
     @property
     def curv(self) -> float:
-        """The unit sphere sits on the hyperboloid of curvature 1 (see :mod:`hyperret.geometry`)."""
+        """The unit sphere sits on the hyperboloid of curvature 1 (see :mod:`hyperret.geometry.cosine`)."""
         return 1.0
 
     def _text_state(self) -> dict[str, Any]:

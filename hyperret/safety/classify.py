@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import lorentz
 from ..errors import InvalidInputError
+from ..geometry import lorentz
 from .bounds import MODALITIES, MODALITY_CLASSES, Bounds
 
 

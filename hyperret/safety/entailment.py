@@ -1,13 +1,13 @@
 """Entailment-cone search: Numba kernels over memory-mapped shards (torch-free).
 
-Conventions as in :mod:`hyperret.lorentz`: only space components ``x_s`` are stored,
+Conventions as in :mod:`hyperret.geometry.lorentz`: only space components ``x_s`` are stored,
 ``x_t = sqrt(1/curv + |x_s|^2)``, curvature ``-curv``. A stored row ``y`` (a caption)
 entails a point ``p`` iff ``p`` lies in ``y``'s entailment cone, apex at ``y``:
 ``exterior_angle(y, p) <= half_aperture(y)`` as in :mod:`hyperret.safety.traversal`
 (MERU/HySAC). For each point the kernel returns the nearest entailing candidate by
-exact geodesic distance (the stable formula of :mod:`hyperret.rerank`), ties broken
+exact geodesic distance (the stable formula of :mod:`hyperret.search.rerank`), ties broken
 by the lower row. Rows are read straight from the shards through a
-:class:`~hyperret.rerank.ShardSet`; candidate rows outside ``[0, shards.rows)``
+:class:`~hyperret.search.rerank.ShardSet`; candidate rows outside ``[0, shards.rows)``
 (``-1`` pads) count as none, as in rerank. Arithmetic is float64 throughout.
 """
 
@@ -18,9 +18,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import parallel, validate
+from .. import validate
 from ..errors import InvalidInputError, NonFiniteError
-from ..rerank import _FM, ShardSet, _gap_row, _row_view, _sqnorm
+from ..kernels import parallel
+from ..search.rerank import _FM, ShardSet, _gap_row, _row_view, _sqnorm
 from . import traversal
 
 __all__ = ["entails", "nearest_entailing"]

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import lorentz
 from ..errors import InvalidInputError
+from ..geometry import lorentz
 from .bounds import Bounds, calibrate
 from .classify import classify
 
@@ -89,7 +89,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run every task and the classifier; returns ``{"tasks": [...], "classification": {...}, ...}``."""
     from ..index import Index
-    from ..planner import check_redirect_mode
+    from .planner import check_redirect_mode
 
     check_redirect_mode(redirect_mode)  # before the rows: a row's bounds error is skipped, this is not
     n = quads["S"].shape[0]

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import lorentz
 from ..errors import InvalidInputError
-from ..rerank import rerank
+from ..geometry import lorentz
+from ..search.rerank import rerank
 from .entailment import nearest_entailing
 from .traversal import tangent_path
 

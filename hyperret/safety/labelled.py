@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import DependencyError, InvalidInputError, MissingColumnError, SourceError
-from ..ingest import CURV_KEY, Source, resolve_curv
+from ..storage.sources import CURV_KEY, Source, resolve_curv
 
 PAIRED_NAMES = {"S": "safe_text", "U": "unsafe_text", "V": "safe_image", "G": "unsafe_image"}
 #: The names of HySAC's ``recall_computation.encode_dataset`` / ``recalls.encode_dataset``.

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import lorentz, validate
+from .. import validate
 from ..errors import DependencyError, InvalidInputError
+from ..geometry import lorentz
 from .bounds import MODALITY_CLASSES, Bounds
 
 __all__ = ["CLASS_NAMES", "MAX_DISK_POINTS", "UNLABELLED", "render_report"]
@@ -252,8 +253,8 @@ def report_from(source: str | Path, out: str | Path, *, bounds: Bounds | str | P
     has one, else by the labels stored with its bounds (the classifier's verdict),
     else left unlabelled; a labelled file's by its ``unsafe`` column.
     """
-    from ..safety.bounds import as_bounds
     from ..storage.manifest import MANIFEST_NAME
+    from .bounds import as_bounds
 
     src = Path(source)
     override = as_bounds(bounds)
@@ -283,7 +284,7 @@ def report_from(source: str | Path, out: str | Path, *, bounds: Bounds | str | P
         space = np.stack([snap.shardset.row(int(live[g])) for g in pick]) if len(pick) else None
         title = f"{src.name}: {len(radius)} rows, classes from {how}"
     else:
-        from ..safety.labelled import load_labelled
+        from .labelled import load_labelled
 
         data = load_labelled(src, curv, need_labels=False)
         c = data.curv

@@ -1,6 +1,6 @@
 """Query traversals (pure NumPy): HySAC's safe redirection, the geodesic move, the outward push.
 
-Space-component convention as in :mod:`hyperret.lorentz`; radii are geodesic
+Space-component convention as in :mod:`hyperret.geometry.lorentz`; radii are geodesic
 distances to the origin on the hyperboloid of curvature ``-curv``.
 
 Two redirection modes:
@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .. import lorentz
+from ..geometry import lorentz
 
 #: HySAC's default ``alpha`` in the traversal offset.
 HYSAC_ALPHA = 0.8
@@ -54,7 +54,7 @@ def hysac_radius(q: np.ndarray, curv: float) -> np.ndarray:
     HySAC's ``pairwise_dist(0, q)``: ``acosh(max(c x_t y_t, 1)) / sqrt(c)`` with the origin's
     time component ``x_t = sqrt(1/c)`` and ``y_t = sqrt(1/c + |q|^2)``, every step rounded to
     float32 (``|q|^2`` is summed exactly, then rounded). For HySAC's decision only: the
-    engine's :func:`hyperret.lorentz.radius` is the accurate one.
+    engine's :func:`hyperret.geometry.lorentz.radius` is the accurate one.
     """
     x = np.atleast_2d(np.asarray(q, dtype=np.float32)).astype(np.float64)
     c = np.float32(curv)

@@ -40,7 +40,7 @@ class CandidateEntry:
     sha256: str
     rows: int  # rows of the snapshot the structure covers (all of them)
     factory: str  # the FAISS factory string actually built
-    proxy: str  # name of the candidate space (see hyperret.candidates.proxies)
+    proxy: str  # name of the candidate space (see hyperret.search.candidates.proxies)
     proxy_state: dict[str, float] = field(default_factory=dict)
     trained_rows: int = 0  # rows the structure was trained on (0: needs no training)
 
@@ -53,7 +53,7 @@ class Manifest:
     curv: float
     preset: dict[str, Any]
     version: int = 0
-    geometry: str = "lorentz"  # or "cosine": unit vectors of a Euclidean CLIP (hyperret.geometry)
+    geometry: str = "lorentz"  # or "cosine": unit vectors of a Euclidean CLIP (hyperret.geometry.cosine)
     producer: dict[str, Any] = field(default_factory=dict)
     shards: tuple[FileEntry, ...] = ()
     candidates: CandidateEntry | None = None

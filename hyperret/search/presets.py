@@ -2,7 +2,7 @@
 
 One parser, one frozen dataclass. A preset names the candidate space (proxy), the
 FAISS structure built over it, how many candidates the exact rerank sees and the
-search-time knobs. ``hyperret.presets.list_presets()`` lists what is available.
+search-time knobs. ``hyperret.search.presets.list_presets()`` lists what is available.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import PresetError
+from ..errors import PresetError
 
 DEFAULT_PRESET = "fast"
 _ENV_PATH = "HYPERRET_PRESET_PATH"
@@ -31,7 +31,7 @@ class Preset:
 
     name: str
     description: str = ""
-    proxy: str = "ip"  # candidate space: "ip", "mips_l2" or "tangent" (hyperret.proxies)
+    proxy: str = "ip"  # candidate space: "ip", "mips_l2" or "tangent" (hyperret.search.proxies)
     factory: str = "Flat"  # FAISS index_factory string; may use {nlist}, {d}, {pq_m}
     k_factor: float = 2.0  # the rerank sees max(ceil(k * k_factor), k + k_extra) candidates
     k_extra: int = 16
@@ -83,7 +83,7 @@ def _search_dirs() -> list[Path]:
         dirs.extend(Path(p) for p in shipped.__path__)
     except ImportError:
         pass
-    dirs.append(Path(__file__).resolve().parent.parent / "indexes")  # source checkout
+    dirs.append(Path(__file__).resolve().parents[2] / "indexes")  # source checkout: hyperret/search/ -> root
     return dirs
 
 

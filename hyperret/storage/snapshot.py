@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .candidates import CandidateStage
-from .errors import IndexCorruptError
-from .presets import Preset
-from .rerank import ShardSet
-from .storage.deletions import read_deletions
-from .storage.fsutil import sha256_file
-from .storage.manifest import CandidateEntry, FileEntry, Manifest, read_manifest
-from .storage.shards import CORE_COLUMNS, Shard
+from ..errors import IndexCorruptError
+from ..search.candidates import CandidateStage
+from ..search.presets import Preset
+from ..search.rerank import ShardSet
+from .deletions import read_deletions
+from .fsutil import sha256_file
+from .manifest import CandidateEntry, FileEntry, Manifest, read_manifest
+from .shards import CORE_COLUMNS, Shard
 
 _OPEN_RETRIES = 5
 
@@ -130,7 +130,7 @@ class Snapshot:
         if key == 0:
             parts = [s.table.column("unsafe_label").to_numpy(zero_copy_only=False).astype(bool) for s in self.shards]
         else:
-            from .safety.classify import classify_radius
+            from ..safety.classify import classify_radius
 
             radius = np.concatenate([s.radius for s in self.shards]) if self.shards else np.zeros(0, np.float32)
             parts = [classify_radius(radius, self.row_modality(), bounds)[0]]

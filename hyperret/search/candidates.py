@@ -2,7 +2,7 @@
 
 It proposes, for each query, candidate rows (global row numbers of the snapshot,
 which are also the FAISS ids: appends add rows at the end). The exact rerank
-(:mod:`hyperret.rerank`) then decides. Built, extended, saved and loaded here.
+(:mod:`hyperret.search.rerank`) then decides. Built, extended, saved and loaded here.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..errors import IndexCorruptError
+from ..storage.arrays import read_arrays, write_arrays
 from . import graph
-from .errors import IndexCorruptError
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
 from .rerank import ShardSet
-from .storage.arrays import read_arrays, write_arrays
 
 Progress = Callable[[int], None]  # called with the number of rows just added
 _ADD_CHUNK = 20_000
@@ -57,7 +57,7 @@ class CandidateStage:
 
     @property
     def navigates_lorentz(self) -> bool:
-        """True when search walks the graph with the exact inner product (hyperret.graph)."""
+        """True when search walks the graph with the exact inner product (hyperret.search.graph)."""
         return self.preset.navigate == "lorentz" and self._kind() == "hnsw"
 
     @property

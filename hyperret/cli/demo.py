@@ -1,4 +1,4 @@
-"""The built-in demo: generated HySAC-like data, indexed and searched end to end."""
+"""``hyperret demo``: generated HySAC-like data, indexed and searched end to end."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import typer
 
-from . import lorentz
-from .synthetic import CLASSES, LabelledPoints, make_points
+from ..geometry import lorentz
+from ..testing.synthetic import CLASSES, LabelledPoints, make_points
+from .app import app, handle_errors
+from .render import dump, print_hits
 
 CLASS_NAMES = {"S": "safe text", "V": "safe image", "U": "unsafe text", "G": "unsafe image"}
 
@@ -34,9 +37,9 @@ def write_points(points: LabelledPoints, path: Path) -> None:
 
 def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, quiet: bool) -> dict[str, Any]:
     """Generate, index and search; print a short report unless ``quiet``; return it."""
-    from .cli import _print_hits, build_index
-    from .index import Index
-    from .safety.bounds import calibrate
+    from ..index import Index
+    from ..safety.bounds import calibrate
+    from .index_cmds import build_with_bars
 
     out.mkdir(parents=True, exist_ok=True)
     points = make_points(n, dim, curv=curv, seed=7, unsafe_shift=1.0)
@@ -49,7 +52,7 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
     bounds.save(out / "bounds.json")
     ix_dir = out / "index"
     shutil.rmtree(ix_dir, ignore_errors=True)
-    info = build_index(src, ix_dir, preset=preset, curv=None, append=False, quiet=quiet,
+    info = build_with_bars(src, ix_dir, preset=preset, curv=None, append=False, quiet=quiet,
                        bounds=out / "bounds.json")
     ix = Index.open(ix_dir)
     picks = [int(np.flatnonzero(points.cls == c)[0]) for c in CLASSES]
@@ -75,10 +78,26 @@ def run_demo(out: Path, *, n: int, dim: int, curv: float, preset: str | None, qu
         print("median distance to the origin: " + ", ".join(
             f"{CLASS_NAMES[c]} {v:.2f}" for c, v in report["radius_by_class"].items()))
         print("one query per class (the item itself comes first, distance 0):")
-        _print_hits(hits)
+        print_hits(hits)
         print(f"\nsafety bounds calibrated on {len(cal)} labelled points: " + ", ".join(
             f"{m} threshold {t.radius:.3f}" for m, t in bounds.thresholds.items()))
         print("one unsafe text query under each policy (classes of the 5 hits):")
         for pol, rec in policies.items():
             print(f"  {pol:9s} {' '.join(h['class'] for h in rec['hits']) or '(none)':12s} {rec['plan']}")
     return report
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("hyperret-demo"), "--out", "-o", help="Folder for the demo data and index."),
+    n: int = typer.Option(20_000, "--n", min=100, help="Generated points."),
+    dim: int = typer.Option(64, "--dim", min=2, help="Dimension."),
+    curv: float = typer.Option(1.0, "--curv", help="Curvature."),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="Preset (default: fast)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Generate HySAC-like labelled points, index them and search (no model weights needed)."""
+    report = run_demo(out, n=n, dim=dim, curv=curv, preset=preset, quiet=as_json)
+    if as_json:
+        dump(report)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import lorentz
+from ..geometry import lorentz
 
 State = dict[str, float]
 

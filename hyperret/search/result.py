@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .planner import QueryPlan
-    from .snapshot import Snapshot
+    from ..safety.planner import QueryPlan
+    from ..storage.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class SearchResult:
     fewer than ``k`` hits. Distances are exact geodesic distances (float32) of the
     hits returned; ``exact`` says whether the candidate stage was exhaustive.
     ``unsafe`` labels each hit by the safety bounds in force; ``plans`` holds one
-    :class:`~hyperret.planner.QueryPlan` per query.
+    :class:`~hyperret.safety.planner.QueryPlan` per query.
     """
 
     ids: np.ndarray  # shape: (m, k) int64

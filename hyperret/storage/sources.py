@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import validate
-from .errors import DimensionMismatchError, InvalidInputError, MissingColumnError, SourceError
+from .. import validate
+from ..errors import DimensionMismatchError, InvalidInputError, MissingColumnError, SourceError
 
 EMBEDDING = "embedding"
 ID = "id"

@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import parallel
+from ..kernels import parallel
 from .rerank import ShardSet, _row_view, _sqnorm
 
 _FM = {"reassoc", "contract", "nsz"}  # navigation order only: the rerank decides exactly

@@ -37,18 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from . import lorentz
-from .errors import InvalidInputError
-from .safety.bounds import MODALITY_CLASSES, Bounds
-from .safety.classify import classify_radius, modality_array
-from .safety.traversal import (
-    HYSAC_ALPHA,
-    geodesic_outward,
-    geodesic_redirect,
-    hysac_outward,
-    hysac_redirect,
-    hysac_target,
-)
+from ..errors import InvalidInputError
+from ..geometry import lorentz
+from .bounds import MODALITY_CLASSES, Bounds
+from .classify import classify_radius, modality_array
+from .traversal import HYSAC_ALPHA, geodesic_outward, geodesic_redirect, hysac_outward, hysac_redirect, hysac_target
 
 POLICIES = ("off", "redirect", "filter", "block", "outward")
 REDIRECT_MODES = ("geodesic", "hysac")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import lorentz
+from ..geometry import lorentz
 
 CLASSES = ("S", "V", "U", "G")
 #: Default peaks of the geodesic distance to the origin, per class (curvature-free

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 GEOMETRIES = ("lorentz", "cosine")
 COSINE_CURV = 1.0

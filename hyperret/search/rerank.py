@@ -4,7 +4,7 @@ The candidate stage hands over, for each query, a row list (global row numbers
 into the snapshot's shards, ``-1`` for none). The kernel gathers each row's
 float32 space components straight from the shard memory maps, computes the
 cancellation-free geodesic distance in float64 (the same formula as
-:func:`hyperret.lorentz.distance`) and returns the ``k`` nearest, sorted by
+:func:`hyperret.geometry.lorentz.distance`) and returns the ``k`` nearest, sorted by
 distance, ties broken by the lower row.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from . import parallel
+from ..kernels import parallel
 
 # Reassociation lets LLVM vectorise the float64 sums; results stay deterministic
 # for a given build and agree with the NumPy reference to ~1e-15 relative.
@@ -57,7 +57,7 @@ def _sqnorm(v):
 def _gap_row(x, q, rq, tq, inv_c):
     """``(m, |x|^2, |x|^2 - |q|^2, x_t)`` of row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``).
 
-    ``m = <x - q, x - q>_L >= 0``, the formula of :func:`hyperret.lorentz.distance`:
+    ``m = <x - q, x - q>_L >= 0``, the formula of :func:`hyperret.geometry.lorentz.distance`:
     non-negative radial and angular terms. The direction difference ``x / rx - q / rq``
     is computed as ``(x - q) / r_max - z (rx^2 - rq^2) / (rx rq (rx + rq))`` with ``z``
     the point of the smaller norm: exactly 0 for ``x == q``, symmetric, and free of

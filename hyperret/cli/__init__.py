@@ -1,0 +1,20 @@
+"""The ``hyperret`` command line: index, search, dedup, calibrate, classify, explain, eval, report, info,
+presets, demo.
+
+Every command calls the public library; errors a user can cause print one line
+on stderr and exit with code 2. One module per command group registers its
+commands on :data:`app` when imported.
+"""
+
+from __future__ import annotations
+
+from . import dedup_cmds, demo, index_cmds, safety_cmds, search_cmds  # noqa: F401  (register the commands)
+from .app import app
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

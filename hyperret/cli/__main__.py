@@ -1,0 +1,5 @@
+"""``python -m hyperret.cli``: the command line."""
+
+from . import main
+
+main()

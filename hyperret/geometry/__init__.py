@@ -1,0 +1,1 @@
+"""Geometry: the Lorentz model (HySAC) and the cosine baseline, as pure functions."""

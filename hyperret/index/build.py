@@ -1,0 +1,96 @@
+"""Building an index from an embedding table, all or nothing (``hyperret index SOURCE``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import IndexExistsError, InvalidInputError
+from ..safety.bounds import Bounds
+from ..storage.sources import Source, resolve_curv
+
+#: ``stage(name, total)`` -> a callback that is given the rows done as they finish.
+Stage = Callable[[str, int], Callable[[int], None]]
+
+
+def _silent(name: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
+                batch_rows: int = 65_536, bounds: Path | None = None, modality: str | None = None,
+                progress: Stage | None = None) -> dict[str, Any]:
+    """Read ``source`` and build (or append to) the index at ``out``; all or nothing.
+
+    A new index is built in a hidden folder beside ``out`` and renamed into place
+    once committed; an append commits once at the end (a failure keeps the last
+    snapshot). ``progress(stage, total)`` returns a callback advanced by rows done.
+    """
+    from . import Index
+
+    src = Source(source, batch_rows=batch_rows)
+    if append and (bounds is not None or modality is not None):
+        raise InvalidInputError("--bounds and --modality are fixed when an index is created; not with --append")
+    b = Bounds.load(bounds) if bounds is not None else None
+    if modality is None and not append:
+        modality = _source_modality(src)
+    c = resolve_curv(curv, src.curv, str(source), required=not append)
+    if append:
+        ix = Index.open(out, writable=True)
+        if c is not None and abs(c - ix.curv) > 1e-9 * ix.curv:
+            ix.close()
+            raise InvalidInputError(f"source curvature {c:g} differs from the index's {ix.curv:g}")
+        target = out
+    else:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise IndexExistsError(f"{out} already exists (use --append to add to an index)")
+        target = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+        ix = None
+    stage = progress or _silent
+    try:
+        advance = stage("reading", src.rows)
+        start = 0
+        for batch in src.batches():
+            if ix is None:
+                if c is None:  # pragma: no cover - resolve_curv requires it unless appending
+                    raise InvalidInputError(f"curvature unknown for {source}")
+                ix = Index.create(target, dim=batch.vectors.shape[1], curv=c, preset=preset,
+                                  producer={"source": str(source), "vectors": "precomputed"},
+                                  modality=modality or "image", bounds=b)
+            try:
+                ix.add(batch.vectors, ids=batch.ids, metadata=batch.metadata)
+            except InvalidInputError as e:
+                raise type(e)(f"{source} rows {start}..{start + len(batch.vectors) - 1}: {e}") from None
+            start += len(batch.vectors)
+            advance(len(batch.vectors))
+        if ix is None or (start == 0 and not append):
+            raise InvalidInputError(f"{source} has no rows")
+        ix.commit(progress=stage("candidate structure", ix.pending + (len(ix) if append else 0)))
+        info = ix.info()
+        ix.close()
+        ix = None
+        if not append:
+            if out.exists():
+                out.rmdir()  # an empty directory the user made: checked above
+            os.rename(target, out)
+            info["path"] = str(out)
+        return info
+    except BaseException:
+        if ix is not None:
+            ix.close()  # drops uncommitted rows: an appended index keeps its last snapshot
+        if not append:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _source_modality(src: Any) -> str:
+    """``image``/``text`` when the source's ``modality`` column has one value, ``mixed`` for both."""
+    vals = src.distinct("modality")
+    if vals is None:
+        return "mixed"
+    vals = {v for v in vals if v is not None}
+    return "image" if not vals else (vals.pop() if len(vals) == 1 else "mixed")

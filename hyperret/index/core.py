@@ -1,0 +1,132 @@
+"""The public ``Index``: creating and opening an index directory, closing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import validate
+from ..errors import IndexExistsError, InvalidInputError
+from ..geometry.cosine import COSINE_CURV
+from ..geometry.cosine import check as check_geometry
+from ..safety.bounds import MODALITIES, Bounds, as_bounds
+from ..search.presets import Preset, load_preset
+from ..search.rerank import ShardSet
+from ..storage.fsutil import WriterLock, fsync_dir
+from ..storage.manifest import MANIFEST_NAME, new_manifest, write_manifest
+from ..storage.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    pass
+
+from .base import INDEX_MODALITIES
+from .maintenance import Maintains
+
+
+class Index(Maintains):
+    """A hyperbolic (Lorentz-model) vector index in a directory.
+
+    Open read-only with :meth:`open` (a snapshot that never changes under you) or
+    for writing with ``open(path, writable=True)`` / :meth:`create` (one writer
+    at a time, enforced by a lock file). ``search`` is safe from many threads.
+    """
+
+    # ------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        dim: int,
+        curv: float = 1.0,
+        preset: str | Preset | None = None,
+        *,
+        producer: dict[str, Any] | None = None,
+        modality: str = "image",
+        bounds: Bounds | dict[str, Any] | str | Path | None = None,
+        geometry: str = "lorentz",
+    ) -> Index:
+        """Create an empty index at ``path`` and return it open for writing.
+
+        ``geometry``: ``lorentz`` (HySAC space components, the default) or
+        ``cosine`` (a Euclidean CLIP's features, stored as unit vectors and ranked
+        by cosine similarity; ``curv`` is then 1 and there are no safety bounds).
+
+        ``modality``: what the rows are, ``image``, ``text``, or ``mixed`` (then every
+        add carries a ``modality`` metadata column). ``bounds``: safety bounds (a
+        :class:`~hyperret.safety.Bounds`, its dict or a file); with them every row
+        stores its ``unsafe_score`` and ``unsafe_label``, and the safety policies
+        of :meth:`search` use them.
+        """
+        path = Path(path)
+        if not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InvalidInputError(f"dim must be a positive integer, got {dim!r}")
+        curv = validate.curvature(curv)
+        if modality not in INDEX_MODALITIES:
+            raise InvalidInputError(f"unknown modality {modality!r} (one of: {', '.join(INDEX_MODALITIES)})")
+        b = as_bounds(bounds)
+        if check_geometry(geometry) == "cosine":
+            if curv != COSINE_CURV:
+                raise InvalidInputError(f"a cosine index has curv {COSINE_CURV:g}, not {curv:g}")
+            if b is not None:
+                raise InvalidInputError("safety bounds need a hyperbolic (lorentz) index, not a cosine one")
+        if b is not None:
+            b.check_curv(curv)
+            for m in (modality,) if modality != "mixed" else MODALITIES:
+                b.threshold(m, why=f"an index with bounds labels every row: labelling {m} rows")
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
+        if (path / MANIFEST_NAME).exists():
+            raise IndexExistsError(f"an index already exists at {path}")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise IndexExistsError(f"{path} exists and is not an empty directory")
+        path.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            from .. import __version__
+
+            prod = {"tool": f"hyperret {__version__}", **(producer or {})}
+            manifest = new_manifest(int(dim), curv, p.to_dict(), prod, modality=modality,
+                                    bounds=b.to_dict() if b is not None else None, geometry=geometry)
+            write_manifest(path, manifest)
+            fsync_dir(path.parent)
+        except BaseException:
+            lock.release()
+            raise
+        snap = Snapshot(path=path, manifest=manifest, shards=[], shardset=ShardSet([], int(dim)), stage=None)
+        return cls(path, snap, lock)
+
+    @classmethod
+    def open(cls, path: str | Path, writable: bool = False) -> Index:
+        """Open the committed snapshot at ``path`` (read-only unless ``writable``)."""
+        path = Path(path)
+        lock = None
+        if writable:
+            Snapshot.open(path)  # a clear "no index" error before any lock file is made
+            lock = WriterLock(path)
+            lock.acquire()
+        try:
+            ix = cls(path, Snapshot.open(path, writable=writable), lock)
+            if writable:
+                ix._collect_garbage()
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return ix
+
+    def close(self) -> None:
+        """Drop uncommitted rows and release the write lock (if held)."""
+        if self.writable:
+            self.rollback()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

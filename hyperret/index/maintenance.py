@@ -1,0 +1,170 @@
+"""Reads by id, dedup, refresh, verification and the summary of an index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import InvalidInputError
+from ..safety.bounds import Bounds
+from ..storage.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from ..dedup import DedupResult
+
+from .searching import Searches
+
+
+class Maintains(Searches):
+    """``get``, ``vectors``, ``ids``, ``dedup``, ``apply_dedup``, ``refresh``, ``verify``, ``info``."""
+
+    # ---------------------------------------------------------------- dedup
+    def dedup(
+        self,
+        radius: float | None = None,
+        *,
+        unsafe_only: bool = False,
+        auto: bool = False,
+        grouping: str = "components",
+        keep: str = "centre",
+        apply: bool = False,
+        method: str = "cells",
+        candidates: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> DedupResult:
+        """Groups of exact and near-duplicate rows; with ``apply``, delete all but one of each group.
+
+        ``radius``: geodesic distance within which two rows are near copies (or
+        ``auto=True``: picked from a gap in the nearest-neighbour distances; the
+        result's ``summary["auto"]`` says what and why). Exact copies share a content
+        hash (the ``sha256`` column when the index has one, else the vector's bytes).
+        ``unsafe_only``: only rows the index's bounds label unsafe. ``grouping``:
+        ``components`` (connected components: may chain) or ``star`` (every member
+        within ``radius`` of its representative). ``keep``: the representative rule,
+        ``centre`` (nearest the group's Lorentzian centroid), ``lowest-id``,
+        ``min:COLUMN`` or ``max:COLUMN``; ties by lowest id. ``apply`` (writer only)
+        deletes every non-representative and commits; the previous snapshot stays
+        whole until that commit. ``method``: ``cells`` (default; an exact join that
+        finds every pair within the radius) or ``stage`` (each row's neighbours from
+        the index's candidate stage, ``candidates`` of them, doubled where the radius
+        holds them all; as complete as the stage's recall). Returns a
+        :class:`~hyperret.dedup.DedupResult`.
+        """
+        from ..dedup import DEFAULT_CANDIDATES, dedup
+
+        if apply:
+            self._check_can_apply()  # before the long run, not after it
+        with self._rw.read():
+            snap = self._snap
+            labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
+            result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
+                           grouping=grouping, keep=keep, method=method,
+                           candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
+        result.summary["version"] = snap.manifest.version
+        result.summary["applied"] = False
+        if apply:
+            self.apply_dedup(result)
+        return result
+
+    def apply_dedup(self, result: DedupResult) -> int:
+        """Delete every non-representative of ``result`` (from :meth:`dedup` on this snapshot) and commit.
+
+        Records the run (radius, rule, counts) in the manifest, where ``search(dedup=True)``
+        takes its radius from. Returns the new version.
+        """
+        s = result.summary
+        with self._mutex:
+            self._check_can_apply()
+            if s.get("version") != self.version:
+                raise InvalidInputError(f"the dedup result is of version {s.get('version')}, the index is at "
+                                        f"{self.version}: run dedup again")
+            ids = result.to_delete
+            if len(ids):
+                self.delete(ids)
+            record = {k: s[k] for k in ("radius", "radius_source", "method", "grouping", "keep", "unsafe_only",
+                                        "groups", "to_delete")}
+            record["version"] = s["version"]
+            self._manifest_changes["dedup"] = record
+            version = self.commit()
+        s["applied"], s["applied_version"] = True, version
+        return version
+
+    def _check_can_apply(self) -> None:
+        self._require_writable()
+        if self.pending or self.pending_deletes:
+            raise InvalidInputError("the index has uncommitted changes: commit or roll back before applying a dedup")
+
+    # ---------------------------------------------------------------- reads
+    def get(self, ids: Any, columns: Sequence[str] | None = None) -> pa.Table:
+        """Stored rows by id (every column unless ``columns``); unknown ids are an error."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        snap = self._snap
+        rows = snap.rows_of(ids)
+        if (rows < 0).any():
+            raise InvalidInputError(f"id {int(ids[rows < 0][0])} is not in the index")
+        return snap.take(rows, list(columns) if columns else None)
+
+    def vectors(self, ids: Any) -> np.ndarray:
+        """Stored space components of ``ids`` -> ``(n, dim)`` float32."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        rows = self._snap.rows_of(ids)
+        if (rows < 0).any():
+            raise InvalidInputError(f"id {int(ids[rows < 0][0])} is not in the index")
+        return self._snap.shardset.gather(rows)
+
+    def ids(self) -> np.ndarray:
+        """Every id in the snapshot, in row order -> ``(n,)`` int64."""
+        return self._snap.all_ids()
+
+    def refresh(self) -> bool:
+        """Move a read-only handle to the newest committed snapshot; True if it changed."""
+        if self.writable:
+            return False
+        with self._rw.write():
+            new = Snapshot.open(self.path)
+            changed = new.manifest.version != self._snap.manifest.version
+            self._snap = new
+        return changed
+
+    def verify(self) -> None:
+        """Check every committed file against its manifest checksum (reads every byte)."""
+        self._snap.verify()
+
+    def info(self) -> dict[str, Any]:
+        """A summary of the snapshot (what ``hyperret info --json`` prints)."""
+        m = self.manifest
+        shard_bytes = sum(s.bytes for s in m.shards)
+        cand_bytes = m.candidates.bytes if m.candidates else 0
+        return {
+            "path": str(self.path),
+            "version": m.version,
+            "format_version": m.format_version,
+            "rows": m.rows,
+            "deleted_rows": m.deleted_rows,
+            "dim": m.dim,
+            "curv": m.curv,
+            "geometry": m.geometry,
+            "preset": m.preset["name"],
+            "candidate_structure": m.candidates.factory if m.candidates else None,
+            "candidate_space": m.candidates.proxy if m.candidates else None,
+            "shards": len(m.shards),
+            "shard_bytes": shard_bytes,
+            "candidate_bytes": cand_bytes,
+            "total_bytes": shard_bytes + cand_bytes,
+            "metadata_columns": dict(m.metadata_columns),
+            "modality": m.modality,
+            "bounds": _bounds_summary(self.bounds),
+            "producer": dict(m.producer),
+            "created_at": m.created_at,
+            "committed_at": m.committed_at,
+        }
+
+
+def _bounds_summary(b: Bounds | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {"source": b.source, "thresholds": {m: {"radius": t.radius, "criterion": t.criterion}
+                                               for m, t in b.thresholds.items()}}

@@ -1,0 +1,308 @@
+"""Writing: buffered adds, deletes, and the atomic commit (shards, candidate structure, manifest swap)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from .. import validate
+from ..errors import DuplicateIdError, InvalidInputError
+from ..geometry import lorentz
+from ..geometry.cosine import unit_rows
+from ..safety.bounds import MODALITIES
+from ..safety.classify import classify_radius
+from ..search.candidates import CandidateStage
+from ..search.presets import Preset
+from ..search.rerank import ShardSet
+from ..storage.deletions import DELETIONS_DIR, write_deletions
+from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
+from ..storage.manifest import MANIFEST_NAME, CandidateEntry, write_manifest
+from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
+from ..storage.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    pass
+
+from .base import CANDIDATE_DIR, SPILL_BYTES, IndexBase, Progress
+
+
+class Writes(IndexBase):
+    """``add``, ``delete``, ``rollback`` and ``commit``."""
+
+    # ------------------------------------------------------------------ add
+    def add(self, vectors: Any, ids: Any = None, metadata: Any = None) -> np.ndarray:
+        """Buffer rows for the next :meth:`commit`; returns their ids ``(n,)`` int64.
+
+        ``vectors``: ``(n, dim)`` space components. ``ids``: optional unique
+        integers (assigned from the index's counter otherwise). ``metadata``: an
+        Arrow table or a dict of columns with ``n`` rows.
+        """
+        self._require_writable()
+        x = validate.vectors(vectors, self.dim)
+        if self.geometry == "cosine":
+            x = unit_rows(x)
+        n = x.shape[0]
+        meta = validate.metadata(metadata, n)
+        self._check_modality_column(meta, n)
+        with self._mutex:
+            if meta is not None:
+                self._check_metadata_types(meta)
+            if ids is None:
+                new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            else:
+                new_ids = validate.ids(ids, n)
+                self._check_new_ids(new_ids)
+            if n:
+                self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+                self._pending.append((new_ids, x, meta))
+                self._pending_ids.append(new_ids)
+                self._pending_bytes += x.nbytes
+                if self._pending_bytes >= SPILL_BYTES:
+                    self._spill()
+        return new_ids
+
+    def rollback(self) -> None:
+        """Forget every row added since the last commit."""
+        with self._mutex:
+            self._pending.clear()
+            self._pending_ids.clear()
+            self._pending_bytes = 0
+            self._pending_files.clear()  # their files are collected as garbage
+            self._pending_deletes = np.zeros(0, dtype=np.int64)
+            self._manifest_changes = {}
+            self._next_id = self.manifest.next_id
+        if self.writable:
+            self._collect_garbage()
+
+    @property
+    def pending(self) -> int:
+        """Rows added but not yet committed."""
+        return sum(len(i) for i in self._pending_ids)
+
+    @property
+    def pending_deletes(self) -> int:
+        """Committed rows marked for deletion by the next :meth:`commit`."""
+        return len(self._pending_deletes)
+
+    # --------------------------------------------------------------- delete
+    def delete(self, ids: Any, *, missing_ok: bool = False) -> int:
+        """Mark committed rows for deletion by the next :meth:`commit`; returns how many were marked.
+
+        ``ids``: ``(n,)`` integers. An id not in the committed snapshot is an error
+        unless ``missing_ok`` (then it is ignored); rows added since the last commit
+        cannot be deleted before they are committed (:meth:`rollback` drops them).
+        Until the commit, readers and this handle's searches still see the rows; the
+        commit writes a new deletion file and swaps the manifest in atomically.
+        A deleted id may be added again (in the same commit or later).
+        """
+        self._require_writable()
+        arr = np.atleast_1d(np.asarray(ids))
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise InvalidInputError(f"ids to delete must be a 1-D array of integers, got {arr.dtype} {arr.shape}")
+        arr = arr.astype(np.int64)
+        with self._mutex:
+            rows = self._snap.rows_of(arr)
+            missing = arr[rows < 0]
+            if len(missing) and not missing_ok:
+                pend = np.concatenate(self._pending_ids) if self._pending_ids else np.zeros(0, np.int64)
+                why = "was added but is not committed yet" if np.isin(missing[0], pend) else "is not in the index"
+                raise InvalidInputError(f"cannot delete id {int(missing[0])}: it {why}")
+            rows = np.unique(rows[rows >= 0])
+            before = len(self._pending_deletes)
+            self._pending_deletes = np.union1d(self._pending_deletes, rows)
+            return len(self._pending_deletes) - before
+
+    def _check_new_ids(self, new_ids: np.ndarray) -> None:
+        rows = self._snap.rows_of(new_ids)
+        if len(self._pending_deletes):  # an id being deleted in this commit may come back
+            rows = np.where(np.isin(rows, self._pending_deletes), -1, rows)
+        clash = new_ids[rows >= 0]
+        if len(clash):
+            raise DuplicateIdError(f"id {int(clash[0])} is already in the index")
+        for prev in self._pending_ids:
+            both = np.intersect1d(prev, new_ids)
+            if len(both):
+                raise DuplicateIdError(f"id {int(both[0])} was already added (uncommitted)")
+
+    def _check_modality_column(self, meta: pa.Table | None, n: int) -> None:
+        """A mixed index needs a text/image ``modality`` column; others may carry a matching one."""
+        if meta is None or "modality" not in meta.column_names:
+            if self.modality == "mixed" and n:
+                raise InvalidInputError("this index holds mixed modalities: every row needs a 'modality' "
+                                        "metadata column (text or image)")
+            return
+        col = meta.column("modality")
+        if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+            raise InvalidInputError(f"metadata column 'modality' must be strings, got {col.type}")
+        vals = set(col.to_pylist())
+        allowed = set(MODALITIES) if self.modality == "mixed" else {self.modality}
+        bad = sorted(vals - allowed, key=str)
+        if bad:
+            raise InvalidInputError(f"modality {bad[0]!r} in a {self.modality} index "
+                                    f"(allowed: {', '.join(sorted(allowed))})")
+
+    def _check_metadata_types(self, meta: pa.Table) -> None:
+        known = dict(self.manifest.metadata_columns)
+        for _, _, m in self._pending:
+            if m is not None:
+                known.update({f.name: str(f.type) for f in m.schema})
+        for f in meta.schema:
+            if f.name in known and known[f.name] != str(f.type) and not pa.types.is_null(f.type):
+                raise InvalidInputError(
+                    f"metadata column {f.name!r} has type {f.type}, the index has {known[f.name]}"
+                )
+
+    def _spill(self) -> None:
+        """Write the buffered rows as one not-yet-committed shard."""
+        if not self._pending:
+            return
+        ids = np.concatenate([p[0] for p in self._pending])
+        x = np.concatenate([p[1] for p in self._pending])
+        meta = _concat_metadata([p[2] for p in self._pending], [len(p[0]) for p in self._pending])
+        t64 = lorentz.time_component(x, self.curv)
+        r64 = lorentz.radius(x, self.curv)
+        meta = self._with_safety_columns(meta, r64)
+        table = build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
+        entry = write_shard(self.path, table, tag=f"v{self.version + 1:06d}")
+        self._pending_files.append(entry)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _with_safety_columns(self, meta: pa.Table | None, r64: np.ndarray) -> pa.Table | None:
+        """Prepend ``unsafe_score`` and ``unsafe_label`` (from the radii ``(n,)``) when the index has bounds."""
+        b = self.bounds
+        if b is None:
+            return meta
+        if meta is not None and "modality" in meta.column_names:
+            mod = np.asarray(meta.column("modality").to_pylist(), dtype=str)
+        else:
+            mod = np.full(len(r64), self.modality)
+        unsafe, score = classify_radius(r64, mod, b)
+        cols = {"unsafe_score": pa.array(score, pa.float32()), "unsafe_label": pa.array(unsafe, pa.bool_())}
+        if meta is not None:
+            cols.update({name: meta.column(name) for name in meta.column_names})
+        return pa.table(cols)
+
+    # --------------------------------------------------------------- commit
+    def commit(self, progress: Progress | None = None) -> int:
+        """Make every added row durable and searchable; returns the new snapshot version.
+
+        Atomic: the new shards and candidate structure are written and fsync'd
+        before the manifest is swapped in; a crash at any instant leaves the last
+        committed snapshot readable and whole.
+        """
+        self._require_writable()
+        with self._mutex:
+            if not (self._pending or self._pending_files or len(self._pending_deletes) or self._manifest_changes):
+                return self.version
+            self._spill()  # durable but unreferenced: searches go on meanwhile
+            with self._rw.write():
+                old = self._snap
+                try:
+                    self._snap = self._commit_locked(old, progress)
+                except BaseException:
+                    # Resync with the disk: drop in-memory growth, and if the manifest swap
+                    # did happen, the pending rows are committed and must not be added again.
+                    self._snap = Snapshot.open(self.path, writable=True)
+                    if self._snap.manifest.version != old.manifest.version:
+                        self._pending_files.clear()
+                        self._pending_ids.clear()
+                        self._pending_deletes = np.zeros(0, dtype=np.int64)
+                    raise
+            self._pending_files.clear()
+            self._pending_ids.clear()
+            self._pending_deletes = np.zeros(0, dtype=np.int64)
+            self._manifest_changes = {}
+        self._collect_garbage()
+        return self.version
+
+    def _commit_locked(self, old: Snapshot, progress: Progress | None) -> Snapshot:
+        new_shards = [Shard.open(self.path, e, self.dim) for e in self._pending_files]
+        if new_shards:
+            fsync_dir(self.path / SHARD_DIR)
+        self._step("shards_written")
+        shards = old.shards + new_shards
+        spaces_new = [s.space for s in new_shards]
+        stage = old.stage
+        cand = old.manifest.candidates
+        if new_shards:
+            if stage is None or not stage.try_extend(spaces_new, progress):
+                if progress is not None and stage is not None:
+                    progress(-stage.rows)  # rebuilding: rows counted again
+                stage = CandidateStage.build(
+                    Preset.from_dict(old.manifest.preset), [s.space for s in shards], self.dim, self.curv, progress
+                )
+            cand = self._write_candidates(stage)
+        self._step("candidates_written")
+        deletions, deleted = old.manifest.deletions, old.deleted
+        if len(self._pending_deletes):
+            rows = self._pending_deletes if old.deleted is None else np.union1d(np.flatnonzero(old.deleted),
+                                                                                  self._pending_deletes)
+            deletions = write_deletions(self.path, rows, tag=f"v{self.version + 1:06d}")
+            deleted = np.zeros(old.rows, dtype=np.bool_)
+            deleted[rows] = True
+            self._step("deletions_written")
+        if deleted is not None and len(deleted) < old.rows + sum(len(s) for s in new_shards):
+            deleted = np.concatenate([deleted, np.zeros(sum(len(s) for s in new_shards), np.bool_)])
+        meta_cols = dict(old.manifest.metadata_columns)
+        for s in new_shards:
+            for f in s.table.schema:
+                if f.name not in meta_cols and f.name not in CORE_COLUMNS:
+                    meta_cols[f.name] = str(f.type)
+        manifest = old.manifest.committed(
+            shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,
+            metadata_columns=meta_cols, deletions=deletions, **self._manifest_changes,
+        )
+        write_manifest(self.path, manifest)
+        self._step("committed")
+        return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage,
+                        deleted=deleted)
+
+    def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
+        rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
+        path = self.path / rel
+        path.parent.mkdir(exist_ok=True)
+        stage.save(path)
+        fsync_file(path)
+        fsync_dir(path.parent)
+        return CandidateEntry(
+            file=rel, bytes=path.stat().st_size, sha256=sha256_file(path), rows=stage.rows,
+            factory=stage.factory, proxy=stage.proxy.name, proxy_state=dict(stage.state),
+            trained_rows=stage.trained_rows,
+        )
+
+    def _step(self, name: str) -> None:
+        if self.on_commit_step is not None:
+            self.on_commit_step(name)
+
+    def _collect_garbage(self) -> None:
+        """Remove files no committed snapshot or pending write references (writer only)."""
+        keep = set(self.manifest.files()) | {e.file for e in self._pending_files}
+        for sub in (SHARD_DIR, CANDIDATE_DIR, DELETIONS_DIR):
+            d = self.path / sub
+            if d.is_dir():
+                for f in d.iterdir():
+                    if f"{sub}/{f.name}" not in keep:
+                        f.unlink(missing_ok=True)
+        for f in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
+            f.unlink(missing_ok=True)
+
+
+def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:
+    """Concatenate per-add metadata tables, null-filling columns an add did not give."""
+    names: dict[str, pa.DataType] = {}
+    for m in metas:
+        for f in m.schema if m is not None else ():
+            if f.name not in names or pa.types.is_null(names[f.name]):
+                names[f.name] = f.type
+    if not names:
+        return None
+    parts = []
+    for m, n in zip(metas, counts):
+        cols = {name: (m.column(name).cast(t) if m is not None and name in m.column_names else pa.nulls(n, t))
+                for name, t in names.items()}
+        parts.append(pa.table(cols))
+    return pa.concat_tables(parts).combine_chunks()

@@ -1,0 +1,1 @@
+"""Numba kernels shared by the search, dedup and safety stages."""

@@ -1,0 +1,1 @@
+"""Test and benchmark data: HySAC-like generated points."""
