@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,10 +16,6 @@ from ..search.presets import Preset
 from ..storage.fsutil import WriterLock
 from ..storage.manifest import FileEntry, Manifest
 from ..storage.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    pass
-
 from .lock import RWLock
 
 CANDIDATE_DIR = "faiss"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -17,10 +17,6 @@ from ..search.rerank import ShardSet
 from ..storage.fsutil import WriterLock, fsync_dir
 from ..storage.manifest import MANIFEST_NAME, new_manifest, write_manifest
 from ..storage.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    pass
-
 from .base import INDEX_MODALITIES
 from .maintenance import Maintains
 

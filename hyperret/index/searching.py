@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,10 +18,6 @@ from ..safety.traversal import HYSAC_ALPHA
 from ..search.rerank import rerank
 from ..search.result import SearchResult
 from ..storage.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    pass
-
 from .writer import Writes
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +22,6 @@ from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
 from ..storage.manifest import MANIFEST_NAME, CandidateEntry, write_manifest
 from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 from ..storage.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    pass
-
 from .base import CANDIDATE_DIR, SPILL_BYTES, IndexBase, Progress
 
 
