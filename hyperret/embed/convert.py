@@ -101,6 +101,14 @@ def _layers(hf: dict[str, Any], base: str) -> list[int]:
     return sorted({int(m[1]) for k in hf if (m := pat.match(k))})
 
 
+#: Per-layer renames, transformers -> open_clip (``q/k/v_proj`` concatenate into ``attn.in_proj_*``).
+_BLOCK_RENAMES = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
+                  ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
+#: Every per-layer transformers key (under ``encoder.layers.N.``) that :func:`_blocks` maps.
+_BLOCK_KEYS = tuple(f"{m}.{p}" for m in [f"self_attn.{x}_proj" for x in "qkv"] + [s for s, _ in _BLOCK_RENAMES]
+                    for p in ("weight", "bias"))
+
+
 def _blocks(hf: dict[str, Any], base: str, where: str) -> dict[str, Any]:
     import torch
 
@@ -111,8 +119,7 @@ def _blocks(hf: dict[str, Any], base: str, where: str) -> dict[str, Any]:
         try:
             out[d + "attn.in_proj_weight"] = torch.cat([hf[s + f"self_attn.{p}_proj.weight"] for p in "qkv"])
             out[d + "attn.in_proj_bias"] = torch.cat([hf[s + f"self_attn.{p}_proj.bias"] for p in "qkv"])
-            for src, dst in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
-                             ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+            for src, dst in _BLOCK_RENAMES:
                 out[d + dst + ".weight"] = hf[s + src + ".weight"]
                 out[d + dst + ".bias"] = hf[s + src + ".bias"]
         except KeyError as e:
@@ -139,12 +146,6 @@ _TOWERS = {
         "ln_post.bias": "post_layernorm.bias",
     }, ("proj", "visual_projection.weight")),
 }
-
-
-#: Per-layer transformers keys (under ``encoder.layers.N.``) that :func:`_blocks` maps.
-_BLOCK_KEYS = tuple(f"{m}.{p}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                          "self_attn.out_proj", "layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")
-                    for p in ("weight", "bias"))
 
 
 def _to_open_clip(hf: dict[str, Any], tower: str, where: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..geometry import lorentz
-from .bounds import Bounds, calibrate
+from .bounds import MODALITY_CLASSES, Bounds, calibrate
 from .classify import classify
 
 KS = (1, 10, 20)
@@ -74,8 +74,9 @@ TASKS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
 )
 #: The share HySAC's ``recalls.py`` prints as its "Safety Score", per two-part task.
 REFERENCE_SCORE = {"U->V∪G": "safe@1", "G->S∪U": "safe@1", "U->G∪V": "unsafe@1", "G->U∪S": "unsafe@1"}
-MODALITY = {"S": "text", "U": "text", "V": "image", "G": "image"}
-SAFE = {"S": True, "V": True, "U": False, "G": False}
+#: Per class letter: its modality, and whether it is the safe class of that modality.
+MODALITY = {c: m for m, pair in MODALITY_CLASSES.items() for c in pair}
+SAFE = {c: c == pair[0] for pair in MODALITY_CLASSES.values() for c in pair}
 
 
 def evaluate(
@@ -141,7 +142,6 @@ def evaluate(
 def classification_metrics(quads: dict[str, np.ndarray], curv: float, bounds: Bounds) -> dict[str, Any]:
     """Accuracy, balanced accuracy and AUROC of the radius classifier, overall and per modality."""
     out: dict[str, Any] = {}
-    labels = {"S": False, "U": True, "V": False, "G": True}
     parts = {"text": "SU", "image": "VG", "all": "SUVG"}
     for name, letters in parts.items():
         missing = [m for m in dict.fromkeys(MODALITY[c] for c in letters) if not bounds.can_classify(m)]
@@ -150,10 +150,10 @@ def classification_metrics(quads: dict[str, np.ndarray], curv: float, bounds: Bo
             continue
         scores, preds, truth = [], [], []
         for c in letters:
-            cl = classify(quads[c], bounds, curv, "text" if c in "SU" else "image")
+            cl = classify(quads[c], bounds, curv, MODALITY[c])
             scores.append(cl.score.astype(np.float64))
             preds.append(cl.unsafe)
-            truth.append(np.full(len(cl), labels[c]))
+            truth.append(np.full(len(cl), not SAFE[c]))
         sc, pr, tr = np.concatenate(scores), np.concatenate(preds), np.concatenate(truth)
         tpr = float(pr[tr].mean())
         tnr = float((~pr[~tr]).mean())
