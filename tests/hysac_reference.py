@@ -2,14 +2,18 @@
 
 From ``hysac/lorentz.py`` (``pairwise_dist``), ``HySAC.traverse_to_safe_image`` /
 ``traverse_to_safe_text`` (inward) and the ``lower_bound`` branch of
-``recalls.recall_div_traversal`` (outward). Used by the tests and by
-``tools/bench_hysac_parity.py`` to hold hyperret's ``hysac`` mode to it.
+``recalls.recall_div_traversal`` (outward), and the helpers that measure against it. Used by
+the tests and by ``tools/bench_hysac_parity.py`` to hold hyperret's ``hysac`` mode to it.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+import numpy as np
+
+from hyperret.geometry import lorentz
 
 
 def ref_pairwise_dist(x: Any, y: Any, curv: Any, eps: float = 1e-8) -> Any:
@@ -36,3 +40,15 @@ def ref_move(emb: Any, bound: float, log_curv: float, alpha: float = 0.8, outwar
             n_direction = direction / torch.norm(direction, dim=-1)
             return root_feat + bound * n_direction, True
         return emb, False
+
+
+def points_at_radii(radii: np.ndarray, dim: int, curv: float, rng: np.random.Generator) -> np.ndarray:
+    """Points at the given geodesic ``radii: (n,)`` in random directions -> ``(n, dim)`` float32."""
+    return lorentz.point_at_radius(rng.standard_normal((len(radii), dim)), radii, curv).astype(np.float32)
+
+
+def ulps(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference between two float32 arrays in units in the last place (0 when empty)."""
+    ia = np.asarray(a, np.float32).view(np.int32).astype(np.int64)
+    ib = np.asarray(b, np.float32).view(np.int32).astype(np.int64)
+    return int(np.abs(ia - ib).max()) if ia.size else 0

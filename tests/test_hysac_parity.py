@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from hysac_reference import ref_move
+from hysac_reference import points_at_radii, ref_move, ulps
 from test_cli import _fails, _run
 
 import hyperret
@@ -25,16 +25,8 @@ DIM = 48
 MAX_ULPS = 4  # torch sums |q| in float32 in its own order; see hyperret.safety.traversal
 
 
-def _ulps(a: np.ndarray, b: np.ndarray) -> int:
-    ia, ib = a.astype(np.float32).view(np.int32).astype(np.int64), b.astype(np.float32).view(np.int32).astype(np.int64)
-    return int(np.abs(ia - ib).max()) if ia.size else 0
-
-
-def _queries(n: int, radii: np.ndarray, curv: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    d = rng.standard_normal((n, DIM))
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return (d * (np.sinh(math.sqrt(curv) * radii) / math.sqrt(curv))[:, None]).astype(np.float32)
+def _queries(radii: np.ndarray, curv: float, seed: int) -> np.ndarray:
+    return points_at_radii(np.asarray(radii, np.float64), DIM, curv, np.random.default_rng(seed))
 
 
 def _gap_bounds(curv: float, letter_bound: float) -> dict:
@@ -62,7 +54,7 @@ def test_hysac_redirect_moves_what_the_reference_moves(curv, retrieving):
     rng = np.random.default_rng(int(curv * 10))
     radii = rng.uniform(0.2 * t, 2 * t + 2, 400)
     radii = radii[np.abs(radii / t - 1) > 1e-4]  # a decision within float32 noise of the target may differ
-    q = _queries(len(radii), radii, c, seed=1)
+    q = _queries(radii, c, seed=1)
     query_mod = "text" if retrieving == "image" else "image"
     plan = make_plan(q, curv=c, policy="redirect", modality=query_mod, index_modality=retrieving, bounds=bounds,
                      redirect_mode="hysac")
@@ -79,7 +71,7 @@ def test_hysac_redirect_moves_what_the_reference_moves(curv, retrieving):
     x = q[moved]
     n = np.linalg.norm(x.astype(np.float64), axis=1).astype(np.float32)
     np.testing.assert_array_equal(plan.queries[moved], (x / n[:, None]) * np.float32(t))
-    assert _ulps(plan.queries[moved], ref_q[moved]) <= MAX_ULPS
+    assert ulps(plan.queries[moved], ref_q[moved]) <= MAX_ULPS
     np.testing.assert_array_equal(plan.queries[~moved], q[~moved])
     # the geodesic mode keeps the classifier's gate
     geo = make_plan(q, curv=c, policy="redirect", modality=query_mod, index_modality=retrieving, bounds=bounds)
@@ -94,14 +86,14 @@ def test_hysac_outward_moves_what_the_reference_moves():
     t = hysac_target(raw["G"]["up_95"], c)
     radii = np.random.default_rng(2).uniform(0.1, 2 * t, 300)
     radii = radii[np.abs(radii / t - 1) > 1e-4]
-    q = _queries(len(radii), radii, c, seed=2)
+    q = _queries(radii, c, seed=2)
     plan = make_plan(q, curv=c, policy="outward", modality="text", index_modality="image",
                      bounds=Bounds.from_dict(raw), redirect_mode="hysac", allow_unsafe=True)
     ref = [ref_move(torch.from_numpy(x), raw["G"]["up_95"], log_c, outward=True) for x in q]
     moved = np.array([p.moved for p in plan.plans])
     np.testing.assert_array_equal(moved, [m for _, m in ref])
     assert 0 < moved.sum() < len(q)
-    assert _ulps(plan.queries, np.stack([o.numpy() for o, _ in ref])) <= MAX_ULPS
+    assert ulps(plan.queries, np.stack([o.numpy() for o, _ in ref])) <= MAX_ULPS
 
 
 def test_hysac_target_uses_the_references_float32_quotient():
@@ -121,7 +113,7 @@ MINIMAL = {"S": {"up_95": 0.9}, "V": {"up_95": 1.1}}
 def plain_images(tmp_path_factory):
     """An exact image index built without bounds, and its rows."""
     rng = np.random.default_rng(5)
-    x = _queries(500, rng.uniform(0.2, 4.0, 500), 1.0, seed=5)
+    x = _queries(rng.uniform(0.2, 4.0, 500), 1.0, seed=5)
     ix = hyperret.Index.create(tmp_path_factory.mktemp("minimal") / "ix", DIM, preset="exact", modality="image")
     ix.add(x)
     ix.commit()
@@ -131,7 +123,7 @@ def plain_images(tmp_path_factory):
 def test_minimal_bounds_load_and_redirect(plain_images):
     b = Bounds.from_dict(MINIMAL, source="minimal.json")
     assert not b.can_classify("text") and not b.can_classify("image")
-    q = _queries(40, np.random.default_rng(6).uniform(0.2, 5.0, 40), 1.0, seed=6)
+    q = _queries(np.random.default_rng(6).uniform(0.2, 5.0, 40), 1.0, seed=6)
     res = plain_images.search(q, 5, policy="redirect", modality="text", redirect_mode="hysac", bounds=MINIMAL)
     moved = np.array([p.moved for p in res.plans])
     assert 0 < moved.sum() < len(q) and all(p.unsafe is None for p in res.plans)
@@ -152,7 +144,7 @@ def test_minimal_bounds_load_and_redirect(plain_images):
      r"hysac outward move to image: the bounds have no 'up_95' for class 'G'"),
 ])
 def test_what_minimal_bounds_cannot_do_is_named(plain_images, kw, match):
-    q = _queries(3, np.array([0.5, 2.0, 4.0]), 1.0, seed=7)
+    q = _queries(np.array([0.5, 2.0, 4.0]), 1.0, seed=7)
     kw = {"modality": "text", "bounds": MINIMAL, **kw}
     with pytest.raises(InvalidInputError, match=match):
         plain_images.search(q, 5, **kw)
@@ -171,7 +163,7 @@ def test_minimal_bounds_cannot_classify_or_label(tmp_path):
 
 def test_cli_minimal_bounds(tmp_path, plain_images):
     (tmp_path / "minimal.json").write_text(json.dumps(MINIMAL))
-    q = _queries(4, np.array([0.5, 2.0, 4.0, 6.0]), 1.0, seed=8)
+    q = _queries(np.array([0.5, 2.0, 4.0, 6.0]), 1.0, seed=8)
     np.save(tmp_path / "q.npy", q)
     common = ["search", plain_images.path, "--vectors", tmp_path / "q.npy", "--bounds", tmp_path / "minimal.json",
               "--modality", "text", "-k", "3"]
@@ -184,7 +176,7 @@ def test_cli_minimal_bounds(tmp_path, plain_images):
 
 def test_radius_reported_is_the_accurate_one():
     """The plan reports the engine's float64 radius; only the hysac decision uses the reference's float32 one."""
-    q = _queries(5, np.array([0.5, 1.0, 2.0, 3.0, 4.0]), 0.7, seed=9)
+    q = _queries(np.array([0.5, 1.0, 2.0, 3.0, 4.0]), 0.7, seed=9)
     plan = make_plan(q, curv=0.7, policy="redirect", modality="text", index_modality="image",
                      bounds=Bounds.from_dict(MINIMAL), redirect_mode="hysac")
     np.testing.assert_allclose([p.radius for p in plan.plans], lorentz.radius(q, 0.7), rtol=0, atol=0)

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from hysac_reference import ref_move  # noqa: E402
+from hysac_reference import points_at_radii, ref_move, ulps  # noqa: E402
 
 from hyperret.geometry import lorentz  # noqa: E402
 from hyperret.safety import Bounds, calibrate  # noqa: E402
@@ -63,11 +63,6 @@ def embeddings() -> dict[str, float]:
     return out
 
 
-def _ulps(a: np.ndarray, b: np.ndarray) -> int:
-    ia, ib = a.view(np.int32).astype(np.int64), b.view(np.int32).astype(np.int64)
-    return int(np.abs(ia - ib).max()) if ia.size else 0
-
-
 def _float64_rescale(q: np.ndarray, b: float, curv: float) -> tuple[np.ndarray, np.ndarray]:
     """hyperret's arithmetic before this change: float64 radius and target, float64 rescale."""
     t = b + (math.tanh((b - 0.8) / curv) + 1)
@@ -90,9 +85,7 @@ def redirect(n: int, dim: int) -> list[dict]:
         bounds = Bounds.from_dict({"V": {"up_95": b}, "S": {"up_95": b}})
         for kind in ("spread", "near target"):
             radii = rng.uniform(0.2, 3 * t, n) if kind == "spread" else t * (1 + rng.uniform(-3e-6, 3e-6, n))
-            d = rng.standard_normal((n, dim))
-            d /= np.linalg.norm(d, axis=1, keepdims=True)
-            q = (d * (np.sinh(math.sqrt(c) * radii) / math.sqrt(c))[:, None]).astype(np.float32)
+            q = points_at_radii(radii, dim, c, rng)
             ref = [ref_move(torch.from_numpy(x), b, log_c) for x in q]
             ref_m = np.array([m for _, m in ref])
             ref_q = np.stack([o.numpy() for o, _ in ref])
@@ -105,7 +98,7 @@ def redirect(n: int, dim: int) -> list[dict]:
                 rows.append({"curv": c0, "queries": kind, "arithmetic": name, "n": n,
                              "moved_reference": int(ref_m.sum()), "decisions_differ": int((m != ref_m).sum()),
                              "bit_identical_moved": float((out[both] == ref_q[both]).all(axis=1).mean()),
-                             "max_ulps": _ulps(out[both], ref_q[both])})
+                             "max_ulps": ulps(out[both], ref_q[both])})
     return rows
 
 
@@ -123,10 +116,7 @@ def gate(curv: float, *, constructed: bool, dim: int = 64, n: int = 400) -> dict
         thr = {"radius": t + 1.0, "criterion": "constructed", "slope": 4.0, "center": t + 1.0}
         bounds = Bounds.from_dict({"S": {"up_95": b}, "V": {"up_95": b}, "thresholds": {"text": thr}})
         rng = np.random.default_rng(4)
-        d = rng.standard_normal((n, dim))
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        radii = rng.uniform(0.2 * t, 2 * t + 2, n)
-        q = (d * (np.sinh(math.sqrt(curv) * radii) / math.sqrt(curv))[:, None]).astype(np.float32)
+        q = points_at_radii(rng.uniform(0.2 * t, 2 * t + 2, n), dim, curv, rng)
     else:
         cal = make_points(8000, dim, curv=curv, seed=3, unsafe_shift=1.0, n_concepts=100)
         bounds = calibrate(lorentz.radius(cal.space, curv), cal.modality, cal.unsafe, curv=curv)
