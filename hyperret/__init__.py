@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from . import errors
+from .dedup import DedupResult
 from .errors import HyperretError
 from .geometry import lorentz
 from .index import Index
@@ -23,7 +24,7 @@ from .search.presets import Preset, list_presets, load_preset
 from .search.result import SearchResult
 
 if TYPE_CHECKING:
-    from .embed.encoder import CLIPEncoder, HySACEncoder
+    from .embed.encoder import CLIPEncoder, HySACEncoder, load_encoder
 
 _LAZY = {"HySACEncoder", "CLIPEncoder", "load_encoder"}  # the model stack (torch) loads on first use
 
@@ -39,6 +40,8 @@ __all__ = [
     "Index",
     "HySACEncoder",
     "CLIPEncoder",
+    "load_encoder",
+    "DedupResult",
     "SearchResult",
     "QueryPlan",
     "Bounds",

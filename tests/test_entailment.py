@@ -12,7 +12,7 @@ from hyperret.geometry import lorentz
 from hyperret.kernels.parallel import PARALLEL_MIN_QUERIES
 from hyperret.safety import traversal
 from hyperret.safety.entailment import entails, nearest_entailing
-from hyperret.search.rerank import ShardSet
+from hyperret.storage.shardset import ShardSet
 
 DIM = 8
 

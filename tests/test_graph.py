@@ -8,7 +8,7 @@ import numpy as np
 from hyperret.geometry import lorentz
 from hyperret.search import graph
 from hyperret.search.proxies import PROXIES
-from hyperret.search.rerank import ShardSet
+from hyperret.storage.shardset import ShardSet
 
 
 def _setup(n=3000, dim=12, curv=0.8, seed=0):

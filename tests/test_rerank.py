@@ -7,7 +7,8 @@ import pytest
 
 from hyperret.geometry import lorentz
 from hyperret.kernels.parallel import PARALLEL_MIN_QUERIES
-from hyperret.search.rerank import ShardSet, rerank
+from hyperret.search.rerank import rerank
+from hyperret.storage.shardset import ShardSet
 
 
 def reference_rerank(q, cand, data, curv, k):

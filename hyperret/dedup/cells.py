@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..geometry import lorentz
-from ..search.rerank import _distance_row, _prepare_query, _row_view
+from ..kernels.distance import distance_row, prepare_query
+from ..kernels.rows import row_view
 from ..storage.snapshot import Snapshot
 from .pairs import PassStats
 from .unionfind import union_pairs
@@ -46,9 +47,9 @@ _SLACK_REL, _SLACK_ABS = 1e-9, 1e-9
 def _pair_distances(a, b, offsets, bases, dim, curv, out):
     inv_c = 1.0 / curv
     for i in prange(a.shape[0]):
-        q = _row_view(bases, offsets, a[i], dim)
-        rq, tq = _prepare_query(q, inv_c)
-        out[i] = _distance_row(_row_view(bases, offsets, b[i], dim), q, rq, tq, inv_c, curv)
+        q = row_view(bases, offsets, a[i], dim)
+        rq, tq = prepare_query(q, inv_c)
+        out[i] = distance_row(row_view(bases, offsets, b[i], dim), q, rq, tq, inv_c, curv)
 
 
 def pair_distances(a: np.ndarray, b: np.ndarray, snap: Snapshot) -> np.ndarray:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..search.rerank import ShardSet, _distance_row, _prepare_query, _row_view
+from ..kernels.distance import distance_row, prepare_query
+from ..kernels.rows import row_view
+from ..storage.shardset import ShardSet
 
 #: Radius used by ``search(dedup=True)`` when the index has no applied dedup run to take it from.
 DEFAULT_SEARCH_RADIUS = 0.05
@@ -22,11 +24,11 @@ def _collapse(rows, dist, offsets, bases, dim, curv, radius, out_rows, out_dist,
             g = rows[i, j]
             if g < 0 or kept == k:
                 break
-            q = _row_view(bases, offsets, g, dim)
-            rq, tq = _prepare_query(q, inv_c)
+            q = row_view(bases, offsets, g, dim)
+            rq, tq = prepare_query(q, inv_c)
             dup = False
             for t in range(kept):
-                if _distance_row(_row_view(bases, offsets, out_rows[i, t], dim), q, rq, tq, inv_c, curv) <= radius:
+                if distance_row(row_view(bases, offsets, out_rows[i, t], dim), q, rq, tq, inv_c, curv) <= radius:
                     dup = True
                     break
             if dup:

@@ -2,7 +2,7 @@
 
 Groups are given as ``members`` (global rows, grouped) and ``starts`` (where each
 group begins, ``(g + 1,)``). The kernels run over groups in parallel; each uses
-the stable geodesic distance of :mod:`hyperret.search.rerank`.
+the stable geodesic distance of :mod:`hyperret.kernels.distance`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import InvalidInputError
-from ..search.rerank import _distance_row, _prepare_query, _row_view, _sqnorm
+from ..kernels.distance import distance_row, prepare_query
+from ..kernels.rows import row_view, sqnorm
 from ..storage.snapshot import Snapshot
 
 #: Groups up to this size get an exact diameter (all pairs); larger ones the bound 2 max d(rep, member).
@@ -48,8 +49,8 @@ def _centre_one(members, offsets, bases, dim, curv, out):
     mean = np.zeros(dim, dtype=np.float64)
     mt = 0.0
     for i in range(m):
-        x = _row_view(bases, offsets, members[i], dim)
-        mt += math.sqrt(inv_c + _sqnorm(x))
+        x = row_view(bases, offsets, members[i], dim)
+        mt += math.sqrt(inv_c + sqnorm(x))
         for j in range(dim):
             mean[j] += np.float64(x[j])
     mt /= m
@@ -60,9 +61,9 @@ def _centre_one(members, offsets, bases, dim, curv, out):
     scale = 1.0 / (math.sqrt(curv) * math.sqrt(max(mt * mt - s2, 1e-300)))
     for j in range(dim):
         mean[j] *= scale
-    rq, tq = _prepare_query(mean, inv_c)
+    rq, tq = prepare_query(mean, inv_c)
     for i in range(m):
-        out[i] = _distance_row(_row_view(bases, offsets, members[i], dim), mean, rq, tq, inv_c, curv)
+        out[i] = distance_row(row_view(bases, offsets, members[i], dim), mean, rq, tq, inv_c, curv)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -76,13 +77,13 @@ def _centre_distances(members, starts, offsets, bases, dim, curv, out):
 def _rep_distances(members, starts, reps, offsets, bases, dim, curv, out):
     inv_c = 1.0 / curv
     for g in prange(starts.shape[0] - 1):
-        q = _row_view(bases, offsets, reps[g], dim)
-        rq, tq = _prepare_query(q, inv_c)
+        q = row_view(bases, offsets, reps[g], dim)
+        rq, tq = prepare_query(q, inv_c)
         for i in range(starts[g], starts[g + 1]):
             if members[i] == reps[g]:
                 out[i] = 0.0
             else:
-                out[i] = _distance_row(_row_view(bases, offsets, members[i], dim), q, rq, tq, inv_c, curv)
+                out[i] = distance_row(row_view(bases, offsets, members[i], dim), q, rq, tq, inv_c, curv)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -96,10 +97,10 @@ def _diameters(members, starts, limit, offsets, bases, dim, curv, out):
             continue
         best = 0.0
         for i in range(a, b):
-            q = _row_view(bases, offsets, members[i], dim)
-            rq, tq = _prepare_query(q, inv_c)
+            q = row_view(bases, offsets, members[i], dim)
+            rq, tq = prepare_query(q, inv_c)
             for j in range(i + 1, b):
-                d = _distance_row(_row_view(bases, offsets, members[j], dim), q, rq, tq, inv_c, curv)
+                d = distance_row(row_view(bases, offsets, members[j], dim), q, rq, tq, inv_c, curv)
                 if d > best:
                     best = d
         out[g] = best

@@ -2,7 +2,7 @@
 
 Every query row asks the candidate stage for ``kc`` rows near it; each pair is
 confirmed with the cancellation-free geodesic distance (float64 sums over the
-float32 rows, :func:`hyperret.search.rerank._gap_row`), and pairs within the radius are
+float32 rows, :func:`hyperret.kernels.distance.gap_row`), and pairs within the radius are
 handed to the union-find at once: nothing per pair is kept, so memory stays at a
 few arrays of one entry per row. A row whose every candidate fell inside the
 radius may have more neighbours: it is asked again with twice the candidates.
@@ -17,7 +17,10 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
-from ..search.rerank import ShardSet, _distance_row, _prepare_query, _row_view
+from ..kernels.distance import distance_row, prepare_query
+from ..kernels.rows import row_view
+from ..search.executor import widen
+from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
 from .unionfind import union_pairs
 
@@ -31,15 +34,15 @@ BLOCK_ROWS = 8192
 @njit(cache=True, nogil=True)
 def _confirm_one(g, cand, offsets, bases, dim, curv, out):
     inv_c = 1.0 / curv
-    q = _row_view(bases, offsets, g, dim)
-    rq, tq = _prepare_query(q, inv_c)
+    q = row_view(bases, offsets, g, dim)
+    rq, tq = prepare_query(q, inv_c)
     total = offsets[offsets.shape[0] - 1]
     for j in range(cand.shape[0]):
         c = cand[j]
         if c < 0 or c >= total or c == g:
             out[j] = np.inf
         else:
-            out[j] = _distance_row(_row_view(bases, offsets, c, dim), q, rq, tq, inv_c, curv)
+            out[j] = distance_row(row_view(bases, offsets, c, dim), q, rq, tq, inv_c, curv)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -103,12 +106,13 @@ def range_pass(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, radius: f
         return stats
     todo = np.asarray(rows, dtype=np.int64)
     stats.queried += len(todo)
-    kc = min(kc, n)
-    first = True
-    while len(todo):
+
+    def step(todo: np.ndarray, kc: int, rnd: int) -> np.ndarray:
         stats.max_candidates = max(stats.max_candidates, kc)
+        if rnd:
+            stats.requeried += len(todo)
         block = _block_rows(kc)
-        again = []
+        full = np.zeros(len(todo), dtype=bool)
         for start in range(0, len(todo), block):
             q = todo[start : start + block]
             cand = stage.near_rows(q, kc, snap.shardset)
@@ -119,20 +123,18 @@ def range_pass(snap: Snapshot, rows: np.ndarray, eligible: np.ndarray, radius: f
             # Every real candidate inside the radius: the ball may hold more rows than were asked for.
             real = (cand >= 0) & (cand != q[:, None])
             n_real = np.count_nonzero(real, axis=1)
-            full = (cand >= 0).all(axis=1) & (n_real > 0) & (np.count_nonzero(inside, axis=1) >= n_real)
-            if kc < n:
-                again.append(q[full])
+            full[start : start + block] = ((cand >= 0).all(axis=1) & (n_real > 0)
+                                           & (np.count_nonzero(inside, axis=1) >= n_real))
             ok = inside & eligible[np.maximum(cand, 0)]
             qi, cj = np.nonzero(ok)
             if len(qi):
                 stats.within += len(qi)
                 stats.merges += union_pairs(parent, q[qi], cand[qi, cj])
-            if progress is not None and first:
+            if progress is not None and rnd == 0:
                 progress(len(q))
-        todo = np.concatenate(again) if again else np.zeros(0, np.int64)
-        stats.requeried += len(todo)
-        kc = min(n, kc * 2)
-        first = False
+        return full
+
+    widen(todo, min(kc, n), n, step, growth=2)
     return stats
 
 

@@ -13,9 +13,9 @@ from ..geometry.cosine import COSINE_CURV
 from ..geometry.cosine import check as check_geometry
 from ..safety.bounds import MODALITIES, Bounds, as_bounds
 from ..search.presets import Preset, load_preset
-from ..search.rerank import ShardSet
 from ..storage.fsutil import WriterLock, fsync_dir
 from ..storage.manifest import MANIFEST_NAME, new_manifest, write_manifest
+from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
 from .base import INDEX_MODALITIES
 from .maintenance import Maintains

@@ -1,4 +1,4 @@
-"""Searching: the safety plan, the candidate stage and the exact rerank, refilled to ``k``."""
+"""Searching: validate, plan the safety policy, run the plan (:mod:`hyperret.search.executor`), label the hits."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from ..errors import InvalidInputError
 from ..geometry.cosine import cosine_distance, unit_rows
 from ..safety.bounds import Bounds, as_bounds
 from ..safety.classify import Classification, classify
-from ..safety.planner import Plan, make_plan
+from ..safety.planner import make_plan
 from ..safety.traversal import HYSAC_ALPHA
-from ..search.rerank import rerank
+from ..search.executor import deduplicated, ranked
 from ..search.result import SearchResult
-from ..storage.snapshot import Snapshot
 from .writer import Writes
 
 
@@ -84,9 +83,9 @@ class Searches(Writes):
             if candidates is not None and candidates < k:
                 raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
             if dedup_radius is None:
-                rows, dist = self._ranked(snap, plan, labels, int(k), candidates)
+                rows, dist = ranked(snap, plan, labels, int(k), candidates, self.curv)
             else:
-                rows, dist = self._deduplicated(snap, plan, labels, int(k), candidates, dedup_radius)
+                rows, dist = deduplicated(snap, plan, labels, int(k), candidates, self.curv, dedup_radius)
             exact = snap.stage.is_exhaustive if snap.stage is not None else True
             for p, r in zip(plan.plans, rows):
                 p.returned = int(np.count_nonzero(r >= 0))
@@ -100,53 +99,6 @@ class Searches(Writes):
             unsafe=hit_unsafe, plans=plan.plans,
         )
 
-    def _ranked(self, snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int,
-                candidates: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """The exact top ``k`` rows and distances ``(m, k)`` of each planned query (blocked: none)."""
-        m, n = len(plan.queries), snap.rows
-        rows = np.full((m, k), -1, np.int64)
-        dist = np.full((m, k), np.inf)
-        if snap.stage is None or not n:
-            return rows, dist
-        kc = candidates if candidates is not None else snap.stage.preset.candidates_for(k)
-        kc = max(kc, k)
-        sel = plan.plain
-        if len(sel) and snap.deleted is None:
-            cand = snap.stage.search(plan.queries[sel], min(kc, n), snap.shardset)
-            rows[sel], dist[sel] = rerank(plan.queries[sel], cand, snap.shardset, self.curv, k)
-            for i in sel:
-                plan.plans[i].candidates = min(kc, n)
-        elif len(sel) and snap.deleted is not None:
-            self._refill_search(snap, plan, sel, snap.deleted, k, kc, rows, dist)
-        if len(plan.filtered) and labels is not None:  # search() refuses filter where rows have no labels
-            self._refill_search(snap, plan, plan.filtered, snap.skip_codes(labels), k, kc, rows, dist,
-                                filtered=True)
-        return rows, dist
-
-    def _deduplicated(self, snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int,
-                      candidates: int | None, radius: float) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` with near-duplicates collapsed: rank ``k2 > k`` hits, collapse, widen ``k2`` where short."""
-        from ..dedup import collapse
-
-        m = len(plan.queries)
-        rows = np.full((m, k), -1, np.int64)
-        dist = np.full((m, k), np.inf)
-        todo = np.arange(m)
-        k2 = min(2 * k, max(snap.rows, 1))
-        while len(todo):
-            sub = plan.subset(todo)
-            r2, d2 = self._ranked(snap, sub, labels, k2, None if candidates is None else max(candidates, k2))
-            r, d, gone = collapse(r2, d2, snap.shardset, self.curv, radius, k)
-            rows[todo], dist[todo] = r, d
-            for p, g in zip(sub.plans, gone):
-                p.collapsed = int(g)
-            # Short of k while the ranked list was full: more rows exist behind the collapsed ones.
-            short = (r[:, k - 1] < 0) & (r2[:, k2 - 1] >= 0)
-            if k2 >= snap.rows or not short.any():
-                break
-            todo, k2 = todo[short], min(snap.rows, k2 * 4)
-        return rows, dist
-
     def _search_dedup_radius(self, dedup: bool | float) -> float | None:
         if dedup is False or dedup is None:
             return None
@@ -156,33 +108,6 @@ class Searches(Writes):
             rec = self.manifest.dedup
             return float(rec["radius"]) if rec and "radius" in rec else DEFAULT_SEARCH_RADIUS
         return validate.radius(dedup, "dedup radius")
-
-    def _refill_search(self, snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray, k: int, kc: int,
-                       rows: np.ndarray, dist: np.ndarray, filtered: bool = False) -> None:
-        """Rerank leaving ``skip`` rows out (unsafe: 1, deleted: 2), asking the candidate stage for more
-        until ``k`` hits or every row was seen."""
-        n = snap.rows
-        kc = min(kc, n)
-        rounds = 0
-        stage = snap.stage
-        while len(todo) and stage is not None:  # _ranked returned early without a stage
-            skipped = np.zeros(len(todo), dtype=np.int64)
-            cand = stage.search(plan.queries[todo], kc, snap.shardset)
-            r, d = rerank(plan.queries[todo], cand, snap.shardset, self.curv, k, skip=skip, skipped=skipped)
-            rows[todo], dist[todo] = r, d
-            for j, i in enumerate(todo):
-                p = plan.plans[i]
-                p.candidates, p.refills = kc, rounds
-                if filtered:
-                    p.unsafe_skipped = int(skipped[j])
-            short = r[:, k - 1] < 0
-            if kc >= n or not short.any():
-                for s in np.flatnonzero(short) if filtered else ():
-                    plan.plans[todo[s]].reason += f" (only {int(np.count_nonzero(r[s] >= 0))} safe rows exist)"
-                break
-            todo = todo[short]
-            kc = min(n, kc * 4)
-            rounds += 1
 
     def classify(self, vectors: Any, modality: str | Sequence[str] = "image",
                  bounds: Bounds | dict[str, Any] | str | Path | None = None) -> Classification:

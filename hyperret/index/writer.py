@@ -16,11 +16,11 @@ from ..safety.bounds import MODALITIES
 from ..safety.classify import classify_radius
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
-from ..search.rerank import ShardSet
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
 from ..storage.manifest import MANIFEST_NAME, CandidateEntry, write_manifest
 from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
+from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
 from .base import CANDIDATE_DIR, SPILL_BYTES, IndexBase, Progress
 

@@ -5,9 +5,9 @@ Conventions as in :mod:`hyperret.geometry.lorentz`: only space components ``x_s`
 entails a point ``p`` iff ``p`` lies in ``y``'s entailment cone, apex at ``y``:
 ``exterior_angle(y, p) <= half_aperture(y)`` as in :mod:`hyperret.safety.traversal`
 (MERU/HySAC). For each point the kernel returns the nearest entailing candidate by
-exact geodesic distance (the stable formula of :mod:`hyperret.search.rerank`), ties broken
+exact geodesic distance (the stable formula of :mod:`hyperret.kernels.distance`), ties broken
 by the lower row. Rows are read straight from the shards through a
-:class:`~hyperret.search.rerank.ShardSet`; candidate rows outside ``[0, shards.rows)``
+:class:`~hyperret.storage.shardset.ShardSet`; candidate rows outside ``[0, shards.rows)``
 (``-1`` pads) count as none, as in rerank. Arithmetic is float64 throughout.
 """
 
@@ -21,13 +21,15 @@ from numba import njit, prange
 from .. import validate
 from ..errors import InvalidInputError, NonFiniteError
 from ..kernels import parallel
-from ..search.rerank import _FM, ShardSet, _gap_row, _row_view, _sqnorm
+from ..kernels.distance import gap_row
+from ..kernels.rows import FASTMATH, row_view, sqnorm
+from ..storage.shardset import ShardSet
 from . import traversal
 
 __all__ = ["entails", "nearest_entailing"]
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _half_aperture(rx, sc, min_radius):
     """Cone half-aperture ``asin(clamp(2 min_radius / (sqrt(c) |y_s|), 0, 1))`` of a row of norm ``rx``."""
     den = sc * rx
@@ -36,7 +38,7 @@ def _half_aperture(rx, sc, min_radius):
     return math.asin(min(max(2.0 * min_radius / den, 0.0), 1.0))
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy", inline="always")
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
 def _exterior_angle(m, rx, num, tx, tq, curv):
     """Exterior angle at row ``y`` of the triangle origin-``y``-``p`` from the gap ``m`` (radians).
 
@@ -57,7 +59,7 @@ def _nearest_one(p, cand_row, offsets, bases, curv, min_radius, out_rows, out_di
     inv_c = 1.0 / curv
     sc = math.sqrt(curv)
     total = offsets[offsets.shape[0] - 1]
-    rq2 = _sqnorm(p)
+    rq2 = sqnorm(p)
     rq = math.sqrt(rq2)
     tq = math.sqrt(inv_c + rq2)
     best_row = -1
@@ -68,8 +70,8 @@ def _nearest_one(p, cand_row, offsets, bases, curv, min_radius, out_rows, out_di
         g = cand_row[j]
         if g < 0 or g >= total or g == best_row:
             continue
-        x = _row_view(bases, offsets, g, dim)
-        m, rx2, num, tx = _gap_row(x, p, rq, tq, inv_c)
+        x = row_view(bases, offsets, g, dim)
+        m, rx2, num, tx = gap_row(x, p, rq, tq, inv_c)
         d = (2.0 / sc) * math.asinh(math.sqrt(curv * m) / 2.0)
         if d > best_d or (d == best_d and g > best_row):
             continue  # cannot beat the current best: skip the cone test

@@ -18,10 +18,10 @@ import numpy as np
 
 from ..errors import IndexCorruptError
 from ..storage.arrays import read_arrays, write_arrays
+from ..storage.shardset import ShardSet
 from . import graph
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
-from .rerank import ShardSet
 
 Progress = Callable[[int], None]  # called with the number of rows just added
 _ADD_CHUNK = 20_000

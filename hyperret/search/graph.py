@@ -21,9 +21,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
-from .rerank import ShardSet, _row_view, _sqnorm
-
-_FM = {"reassoc", "contract", "nsz"}  # navigation order only: the rerank decides exactly
+from ..kernels.rows import FASTMATH, row_view, sqnorm
+from ..storage.shardset import ShardSet
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Graph:
                    int(h.entry_point), int(h.max_level), index)
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # navigation order only: the rerank decides
 def _score(q, qt, x, inv_c):
     """``-<q, x>_L`` (smaller = nearer) for a query row and a float32 row, float64 sums."""
     dot = 0.0
@@ -120,11 +119,11 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
     """Beam search for one query; writes the ``len(out)`` best rows (by score) into ``out``."""
     inv_c = 1.0 / curv
     dim = q.shape[0]
-    qt = math.sqrt(inv_c + _sqnorm(q))
+    qt = math.sqrt(inv_c + sqnorm(q))
     n = levels.shape[0]
 
     ep = entry
-    d_ep = _score(q, qt, _row_view(bases, offsets_rows, ep, dim), inv_c)
+    d_ep = _score(q, qt, row_view(bases, offsets_rows, ep, dim), inv_c)
     for level in range(max_level, 0, -1):  # greedy descent through the upper layers
         changed = True
         while changed:
@@ -135,7 +134,7 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                 nb = neighbors[s]
                 if nb < 0:
                     break
-                d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
+                d = _score(q, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
                 if d < d_ep:
                     ep, d_ep, changed = nb, d, True
 
@@ -175,7 +174,7 @@ def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c
             if mark[nb] == tag:
                 continue
             mark[nb] = tag
-            d = _score(q, qt, _row_view(bases, offsets_rows, nb, dim), inv_c)
+            d = _score(q, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
             if nr < ef or d < res_d[0]:
                 if nc < cand_d.shape[0]:
                     cand_d[nc], cand_i[nc] = d, nb
@@ -229,8 +228,8 @@ def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, 
     ``tag``, so no ``(n,)`` array is allocated per row when every row is a query.
     """
     inv_c = 1.0 / curv
-    q = _row_view(bases, offsets_rows, g0, dim)
-    qt = math.sqrt(inv_c + _sqnorm(q))
+    q = row_view(bases, offsets_rows, g0, dim)
+    qt = math.sqrt(inv_c + sqnorm(q))
     _beam0(q, qt, g0, _score(q, qt, q, inv_c), bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, stamp,
            tag, out)
 

@@ -12,11 +12,11 @@ import pyarrow as pa
 from ..errors import IndexCorruptError
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
-from ..search.rerank import ShardSet
 from .deletions import read_deletions
 from .fsutil import sha256_file
 from .manifest import CandidateEntry, FileEntry, Manifest, read_manifest
 from .shards import CORE_COLUMNS, Shard
+from .shardset import ShardSet
 
 _OPEN_RETRIES = 5
 

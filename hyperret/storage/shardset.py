@@ -1,0 +1,45 @@
+"""A snapshot's shard space columns as one row-addressable set, the way the kernels read them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class ShardSet:
+    """The space columns of a snapshot's shards as the kernels see them.
+
+    Zero-copy: the kernels get each shard's base address and the row offsets, and
+    this object keeps the (memory-mapped) arrays alive for as long as it lives.
+    """
+
+    def __init__(self, spaces: Sequence[np.ndarray], dim: int):
+        self.dim = dim
+        self.arrays = [np.ascontiguousarray(s, dtype=np.float32) for s in spaces]
+        for a in self.arrays:
+            if a.ndim != 2 or a.shape[1] != dim:
+                raise ValueError(f"shard array of shape {a.shape} in a set of dimension {dim}")
+        counts = np.array([a.shape[0] for a in self.arrays], dtype=np.int64)
+        self.offsets = np.zeros(len(self.arrays) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.offsets[1:])
+        self.bases = np.array([a.ctypes.data for a in self.arrays], dtype=np.int64)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Space components of global ``rows: (m,)`` (all valid) -> ``(m, dim)`` float32 (a copy)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        s = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(s):
+            sel = s == i
+            out[sel] = self.arrays[i][rows[sel] - self.offsets[i]]
+        return out
+
+    def row(self, g: int) -> np.ndarray:
+        """Space components of global row ``g`` -> ``(dim,)`` float32 (a view)."""
+        s = int(np.searchsorted(self.offsets, g, side="right") - 1)
+        return self.arrays[s][g - self.offsets[s]]
