@@ -50,6 +50,10 @@ class IndexCorruptError(HyperretError):
     """A committed file is missing or does not match its manifest entry."""
 
 
+class StorageError(HyperretError, OSError):
+    """Writing an index failed (a full disk, a lost permission): the last commit stays whole."""
+
+
 class IndexLockedError(HyperretError):
     """Another writer holds the index's write lock."""
 

@@ -9,10 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DimensionMismatchError, DuplicateIdError, InvalidInputError, NonFiniteError
+from .storage.manifest import CURV_MAX, CURV_MIN
 from .storage.shards import RESERVED_COLUMNS
 
 #: The id that marks "no result" in search output; users cannot store it.
 NO_ID = -1
+#: Ids are stored as int64.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
 
 
 def curvature(c: Any) -> float:
@@ -23,6 +26,9 @@ def curvature(c: Any) -> float:
         raise InvalidInputError(f"curvature must be a number, got {c!r}") from None
     if not np.isfinite(c) or c <= 0:
         raise InvalidInputError(f"curvature must be positive and finite, got {c}")
+    if not CURV_MIN <= c <= CURV_MAX:
+        raise InvalidInputError(f"curvature {c:g} is outside [{CURV_MIN:g}, {CURV_MAX:g}], the range where "
+                                f"hyperret's float64 distances keep the ranking exact")
     return c
 
 
@@ -62,11 +68,23 @@ def vectors(x: Any, dim: int | None, what: str = "vectors") -> np.ndarray:
 
 def ids(x: Any, n: int) -> np.ndarray:
     """User ids as ``(n,)`` int64, unique within the batch and never :data:`NO_ID`."""
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except OverflowError:
+        a = np.asarray(x, dtype=object)
     if a.ndim != 1 or a.shape[0] != n:
         raise InvalidInputError(f"ids must be a 1-D sequence of {n} integers, got shape {a.shape}")
+    if n and a.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in a):
+        big = [int(v) for v in a if not ID_MIN <= int(v) <= ID_MAX]
+        if big:
+            raise InvalidInputError(f"id {big[0]} is outside the int64 range ids are stored in "
+                                    f"[{ID_MIN}, {ID_MAX}]")
+        a = a.astype(np.int64)
     if n and not np.issubdtype(a.dtype, np.integer):
         raise InvalidInputError(f"ids must be integers, got {a.dtype}")
+    if n and a.dtype == np.uint64 and int(a.max()) > ID_MAX:
+        raise InvalidInputError(f"id {int(a.max())} is outside the int64 range ids are stored in "
+                                f"[{ID_MIN}, {ID_MAX}]")
     a = a.astype(np.int64)
     if (a == NO_ID).any():
         raise InvalidInputError(f"id {NO_ID} is reserved (it marks missing results)")

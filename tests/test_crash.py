@@ -91,7 +91,7 @@ def test_kill_at_each_commit_step(seeded, step):
     n = _check_snapshot(path)
     assert n == (2 if step == "committed" else 1)
     # the next writer gets the lock (the dead one's is gone) and clears the debris
-    w = hyperret.Index.open(path, writable=True)
+    w = hyperret.Index.open(path, writable=True, keep_versions=1)  # only the open version kept
     on_disk = {f"{d.name}/{f.name}" for d in (path / "shards", path / "faiss") for f in d.iterdir()}
     assert on_disk == set(w.manifest.files())
     w.close()

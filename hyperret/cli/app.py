@@ -19,6 +19,7 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def _version(value: bool) -> None:
@@ -56,7 +57,8 @@ def handle_errors(fn: F) -> F:
         except OSError as e:
             fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''}")
         except KeyboardInterrupt:
-            fail("interrupted; nothing was committed by the interrupted step")
+            typer.echo("hyperret: interrupted; nothing was committed by the interrupted step", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except typer.Exit:
             raise
         except Exception as e:  # a bug, not bad input: say so in one line, trace on request

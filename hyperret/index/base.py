@@ -22,6 +22,8 @@ CANDIDATE_DIR = "faiss"
 INDEX_MODALITIES = ("image", "text", "mixed")
 #: Pending rows are written to a (not yet committed) shard once they reach this size.
 SPILL_BYTES = 256 << 20
+#: Version manifests (and their files) a writer keeps after each commit; older ones are cleaned up.
+DEFAULT_KEEP_VERSIONS = 5
 
 StepHook = Callable[[str], None]
 Progress = Callable[[int], None]
@@ -47,6 +49,8 @@ class IndexBase:
         #: "deletions_written", "committed"): a seam for fault-injection tests and instrumentation.
         self.on_commit_step: StepHook | None = None
         self._bounds: tuple[dict[str, Any], Bounds] | None = None
+        #: Newest versions a writer keeps after each commit (None: all, until cleanup()).
+        self.keep_versions: int | None = DEFAULT_KEEP_VERSIONS
 
     # ------------------------------------------------------------ properties
     @property

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import IndexExistsError, InvalidInputError
+from ..errors import HyperretError, IndexExistsError, InvalidInputError
 from ..safety.bounds import Bounds
+from ..storage.fsutil import WriterLock
 from ..storage.sources import Source, resolve_curv
 
 #: ``stage(name, total)`` -> a callback that is given the rows done as they finish.
@@ -19,6 +21,46 @@ Stage = Callable[[str, int], Callable[[int], None]]
 
 def _silent(name: str, total: int) -> Callable[[int], None]:
     return lambda n: None
+
+
+#: A partial folder without a lock file is taken as abandoned after this many seconds.
+PARTIAL_GRACE_S = 60.0
+
+
+def partial_name(out: Path) -> str:
+    """The glob of the hidden folders ``build_index`` builds ``out`` in."""
+    return f".{out.name}.partial-*"
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the partial folders of builds of ``out`` whose builder is gone; returns what was removed.
+
+    A live build holds its folder's writer lock; a killed one left it unlocked.
+    Symlinks are unlinked, never followed.
+    """
+    removed = []
+    for p in Path(out).parent.glob(partial_name(Path(out))):
+        try:
+            if p.is_symlink() or not p.is_dir():
+                p.unlink()
+                removed.append(p)
+                continue
+            lock_file = p / ".writer.lock"
+            if not lock_file.exists() and not lock_file.is_symlink():
+                if time.time() - p.stat().st_mtime < PARTIAL_GRACE_S:
+                    continue  # a build that has not taken its lock yet
+            else:
+                lock = WriterLock(p)
+                try:
+                    lock.acquire()
+                except HyperretError:
+                    continue  # a live build
+                lock.release()
+            shutil.rmtree(p)
+            removed.append(p)
+        except OSError:
+            continue  # vanished, or not ours to remove: leave it
+    return removed
 
 
 def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
@@ -33,6 +75,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
     from . import Index
 
     src = Source(source, batch_rows=batch_rows)
+    remove_stale_partials(out)
     if append and (bounds is not None or modality is not None):
         raise InvalidInputError("--bounds and --modality are fixed when an index is created; not with --append")
     b = Bounds.load(bounds) if bounds is not None else None

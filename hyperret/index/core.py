@@ -8,16 +8,19 @@ from typing import Any
 import numpy as np
 
 from .. import validate
-from ..errors import IndexExistsError, InvalidInputError
+from ..errors import IndexCorruptError, IndexExistsError, IndexNotFoundError, InvalidInputError
 from ..geometry.cosine import COSINE_CURV
 from ..geometry.cosine import check as check_geometry
 from ..safety.bounds import MODALITIES, Bounds, as_bounds
 from ..search.presets import Preset, load_preset
 from ..storage.fsutil import WriterLock, fsync_dir
-from ..storage.manifest import MANIFEST_NAME, new_manifest, write_manifest
+from ..storage.manifest import MANIFEST_NAME, new_manifest
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
-from .base import INDEX_MODALITIES
+from ..storage.versions import commit_manifest, read_version
+from ..storage.versions import repair as repair_manifest
+from .base import DEFAULT_KEEP_VERSIONS, INDEX_MODALITIES
+from .build import remove_stale_partials
 from .maintenance import Maintains
 
 
@@ -85,7 +88,7 @@ class Index(Maintains):
             prod = {"tool": f"hyperret {__version__}", **(producer or {})}
             manifest = new_manifest(int(dim), curv, p.to_dict(), prod, modality=modality,
                                     bounds=b.to_dict() if b is not None else None, geometry=geometry)
-            write_manifest(path, manifest)
+            commit_manifest(path, manifest)
             fsync_dir(path.parent)
         except BaseException:
             lock.release()
@@ -94,9 +97,18 @@ class Index(Maintains):
         return cls(path, snap, lock)
 
     @classmethod
-    def open(cls, path: str | Path, writable: bool = False) -> Index:
-        """Open the committed snapshot at ``path`` (read-only unless ``writable``)."""
+    def open(cls, path: str | Path, writable: bool = False, *, version: int | None = None,
+             keep_versions: int | None = DEFAULT_KEEP_VERSIONS) -> Index:
+        """Open the committed snapshot at ``path`` (read-only unless ``writable``).
+
+        ``version``: open that earlier version instead (read-only; see :meth:`versions`).
+        ``keep_versions``: a writer keeps the manifests of this many newest versions
+        (and their files) after each commit; ``None`` keeps every version until
+        :meth:`cleanup`.
+        """
         path = Path(path)
+        if version is not None:
+            return cls._open_version(path, version, writable)
         lock = None
         if writable:
             Snapshot.open(path)  # a clear "no index" error before any lock file is made
@@ -104,12 +116,52 @@ class Index(Maintains):
             lock.acquire()
         try:
             ix = cls(path, Snapshot.open(path, writable=writable), lock)
+            ix.keep_versions = _check_keep(keep_versions)
+            if ix.manifest.bounds is not None:
+                ix.bounds  # noqa: B018 - a manifest's bounds are checked on open, not at the first search
             if writable:
                 ix._collect_garbage()
+                remove_stale_partials(path)
         except BaseException:
             if lock is not None:
                 lock.release()
             raise
+        return ix
+
+    @staticmethod
+    def repair(path: str | Path) -> dict[str, Any]:
+        """Restore a damaged or missing ``manifest.json`` from the newest intact version.
+
+        Takes the writer lock; checks every file of the version it restores against
+        its checksum. Returns ``{"version": N, "repaired": bool}`` (False: the
+        manifest was intact and nothing changed).
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise IndexNotFoundError(f"no hyperret index at {path}")
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            version, changed = repair_manifest(path)
+        finally:
+            lock.release()
+        return {"version": version, "repaired": changed}
+
+    @classmethod
+    def _open_version(cls, path: Path, version: int, writable: bool) -> Index:
+        if writable:
+            raise InvalidInputError("an earlier version opens read-only (commits add versions after the latest)")
+        if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 0:
+            raise InvalidInputError(f"version must be an integer >= 0, got {version!r}")
+        manifest = read_version(path, int(version))
+        try:
+            snap = Snapshot.load(path, manifest)
+        except FileNotFoundError as e:
+            raise IndexCorruptError(f"version {version} of {path} cannot be opened: {e.filename} was removed "
+                                    f"(cleanup keeps only the files of the versions it keeps)") from None
+        ix = cls(path, snap, None)
+        if ix.manifest.bounds is not None:
+            ix.bounds  # noqa: B018 - checked on open
         return ix
 
     def close(self) -> None:
@@ -126,3 +178,11 @@ class Index(Maintains):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+def _check_keep(keep: int | None) -> int | None:
+    if keep is None:
+        return None
+    if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool) or keep < 1:
+        raise InvalidInputError(f"keep_versions must be an integer >= 1 or None, got {keep!r}")
+    return int(keep)

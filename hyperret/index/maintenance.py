@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
+from .. import validate
 from ..errors import InvalidInputError
 from ..safety.bounds import Bounds
 from ..storage.snapshot import Snapshot
+from ..storage.versions import list_versions, remove_versions
 
 if TYPE_CHECKING:
     from ..dedup import DedupResult
@@ -132,6 +135,29 @@ class Maintains(Searches):
     def verify(self) -> None:
         """Check every committed file against its manifest checksum (reads every byte)."""
         self._snap.verify()
+
+    # ------------------------------------------------------------- versions
+    def versions(self) -> list[dict[str, Any]]:
+        """Every recorded version, oldest first: number, commit time, rows, shards, whether it can be opened."""
+        return [v.to_dict() for v in list_versions(self.path)]
+
+    def cleanup(self, older_than: timedelta | float | None = None, keep: int = 1) -> dict[str, Any]:
+        """Remove old versions and every file only they named (writer only); the open version always stays.
+
+        A version goes when it is not among the newest ``keep`` and, if ``older_than``
+        (a ``timedelta`` or seconds) is given, was committed longer ago than that.
+        Returns what was removed: ``versions``, ``files`` and ``bytes``.
+        """
+        self._require_writable()
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise InvalidInputError(f"keep must be an integer >= 1, got {keep!r}")
+        age = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if age is not None:
+            age = validate.radius(age, "older_than (seconds)")
+        with self._mutex:
+            gone = remove_versions(self.path, self.version, keep=keep, older_than_s=age)
+            files, freed = self._collect_garbage(keep_all_versions=True)
+        return {"versions": gone, "files": files, "bytes": freed}
 
     def info(self) -> dict[str, Any]:
         """A summary of the snapshot (what ``hyperret info --json`` prints)."""

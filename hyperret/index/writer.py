@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import validate
-from ..errors import DuplicateIdError, InvalidInputError
+from ..errors import DuplicateIdError, InvalidInputError, StorageError
 from ..geometry import lorentz
 from ..geometry.cosine import unit_rows
 from ..safety.bounds import MODALITIES
@@ -18,10 +18,12 @@ from ..search.candidates import CandidateStage
 from ..search.presets import Preset
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
-from ..storage.manifest import MANIFEST_NAME, CandidateEntry, write_manifest
+from ..storage.manifest import MANIFEST_NAME, CandidateEntry
+from ..storage.paths import own_dir
 from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
+from ..storage.versions import commit_manifest, referenced_files, remove_uncommitted, remove_versions
 from .base import CANDIDATE_DIR, SPILL_BYTES, IndexBase, Progress
 
 
@@ -47,6 +49,9 @@ class Writes(IndexBase):
             if meta is not None:
                 self._check_metadata_types(meta)
             if ids is None:
+                if self._next_id + n - 1 > validate.ID_MAX:
+                    raise InvalidInputError(f"the id counter is exhausted (next id {self._next_id}, the largest "
+                                            f"int64 is {validate.ID_MAX}): pass ids explicitly")
                 new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
             else:
                 new_ids = validate.ids(ids, n)
@@ -252,16 +257,21 @@ class Writes(IndexBase):
             shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,
             metadata_columns=meta_cols, deletions=deletions, **self._manifest_changes,
         )
-        write_manifest(self.path, manifest)
+        commit_manifest(self.path, manifest)
         self._step("committed")
         return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage,
                         deleted=deleted)
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
-        rel = f"{CANDIDATE_DIR}/v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
-        path = self.path / rel
-        path.parent.mkdir(exist_ok=True)
-        stage.save(path)
+        name = f"v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
+        rel = f"{CANDIDATE_DIR}/{name}"
+        path = own_dir(self.path, CANDIDATE_DIR, create=True) / name
+        try:
+            stage.save(path)
+        except RuntimeError as e:  # FAISS reports a failed write (a full disk) as a RuntimeError
+            path.unlink(missing_ok=True)
+            msg = str(e).strip().splitlines()[-1] if str(e).strip() else "write failed"
+            raise StorageError(f"cannot write the candidate structure {rel}: {msg}") from None
         fsync_file(path)
         fsync_dir(path.parent)
         return CandidateEntry(
@@ -274,17 +284,27 @@ class Writes(IndexBase):
         if self.on_commit_step is not None:
             self.on_commit_step(name)
 
-    def _collect_garbage(self) -> None:
-        """Remove files no committed snapshot or pending write references (writer only)."""
-        keep = set(self.manifest.files()) | {e.file for e in self._pending_files}
+    def _collect_garbage(self, keep_all_versions: bool = False) -> tuple[int, int]:
+        """Remove files no kept version or pending write references (writer only); returns (files, bytes).
+
+        Versions beyond :attr:`keep_versions` go first, unless ``keep_all_versions``.
+        """
+        remove_uncommitted(self.path, self.version)
+        if self.keep_versions is not None and not keep_all_versions:
+            remove_versions(self.path, self.version, keep=self.keep_versions, older_than_s=None)
+        keep = referenced_files(self.path, [self.manifest]) | {e.file for e in self._pending_files}
+        files = freed = 0
         for sub in (SHARD_DIR, CANDIDATE_DIR, DELETIONS_DIR):
-            d = self.path / sub
+            d = own_dir(self.path, sub)  # never a symlink: garbage is collected inside the index only
             if d.is_dir():
                 for f in d.iterdir():
                     if f"{sub}/{f.name}" not in keep:
-                        f.unlink(missing_ok=True)
+                        size = f.lstat().st_size
+                        f.unlink(missing_ok=True)  # a symlink entry: the link goes, not its target
+                        files, freed = files + 1, freed + size
         for f in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
             f.unlink(missing_ok=True)
+        return files, freed
 
 
 def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:

@@ -39,6 +39,18 @@ FORMAT_VERSION = 1
 CRITERIA = ("balanced", "safe-fpr", "unsafe-recall")
 
 
+def _check_threshold(t: Threshold, where: str) -> None:
+    """Refuse a rule that would label rows by a NaN comparison (every row safe) or a broken score."""
+    for name in ("radius", "slope", "center"):
+        v = getattr(t, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InvalidInputError(f"{where}: {name} must be a finite number, got {v!r}")
+    if t.radius < 0:
+        raise InvalidInputError(f"{where}: radius must be >= 0, got {t.radius!r}")
+    if not isinstance(t.criterion, str):
+        raise InvalidInputError(f"{where}: criterion must be a string, got {t.criterion!r}")
+
+
 @dataclass(frozen=True)
 class Threshold:
     """The decision rule of one modality: ``unsafe = radius >= radius_threshold``.
@@ -157,13 +169,21 @@ class Bounds:
                 thresholds[m] = Threshold(**t)
             except TypeError as e:
                 raise InvalidInputError(f"{source}: threshold for {m!r}: {e}") from None
+            _check_threshold(thresholds[m], f"{source or 'bounds'}: threshold for {m!r}")
         for m, (safe, unsafe) in MODALITY_CLASSES.items():
             if m not in thresholds and safe in classes and unsafe in classes:
                 thresholds[m] = derived_threshold(classes[safe], classes[unsafe])
         if not classes and not thresholds:
             raise InvalidInputError(f"{source or 'bounds'}: no class statistics (S, U, V, G) and no thresholds")
         curv = d.get("curv")
-        return cls(classes=classes, thresholds=thresholds, curv=float(curv) if curv is not None else None,
+        if curv is not None:
+            try:
+                curv = float(curv)
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"{source or 'bounds'}: curv {curv!r} is not a number") from None
+            if not (math.isfinite(curv) and curv > 0):
+                raise InvalidInputError(f"{source or 'bounds'}: curv must be positive and finite, got {curv}")
+        return cls(classes=classes, thresholds=thresholds, curv=curv,
                    source=str(d.get("source") or source), extra=dict(d.get("extra") or {}))
 
     @classmethod

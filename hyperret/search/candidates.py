@@ -206,11 +206,17 @@ class CandidateStage:
         """Read a saved structure (``spaces``: the snapshot's rows, for a writer of a graph)."""
         if not path.exists():
             raise FileNotFoundError(2, "candidate structure missing", str(path))
+        if proxy not in PROXIES:
+            raise IndexCorruptError(f"candidate structure {path.name}: unknown candidate space {proxy!r} "
+                                    f"(known: {', '.join(PROXIES)})")
         stage = cls(index=None, preset=preset, factory=factory, state=dict(state), dim=dim, curv=curv,
                     trained_rows=trained_rows, proxy_name=proxy)
         if preset.navigate == "lorentz" and factory.startswith("HNSW"):
             arrays, meta = read_arrays(path)
-            stage._graph = graph.Graph.from_arrays(arrays, meta)
+            try:
+                stage._graph = graph.Graph.from_arrays(arrays, meta)
+            except ValueError as e:
+                raise IndexCorruptError(f"candidate graph {path.name} is malformed: {e}") from None
             if writable:
                 stage._rebuild_index(spaces)
             return stage
@@ -220,6 +226,10 @@ class CandidateStage:
         except RuntimeError as e:
             raise IndexCorruptError(f"candidate structure {path.name} is unreadable: "
                                     f"{str(e).strip().splitlines()[-1]}") from None
+        d = padded_dim(dim, stage.proxy, preset.pad_to)
+        if stage.index.d != d:
+            raise IndexCorruptError(f"candidate structure {path.name} has dimension {stage.index.d}, "
+                                    f"the index's candidate space {d}")
         return stage
 
     def _rebuild_index(self, spaces: Sequence[np.ndarray]) -> None:

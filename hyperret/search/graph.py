@@ -39,9 +39,52 @@ class Graph:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict) -> Graph:
-        """A graph saved by :meth:`arrays` (memory-mapped views stay valid while it lives)."""
-        return cls(arrays["neighbors"], arrays["offsets"].view(np.int64), arrays["cum"], arrays["levels"],
-                   int(meta["entry"]), int(meta["max_level"]), arrays)
+        """A graph saved by :meth:`arrays`, checked (memory-mapped views stay valid while it lives).
+
+        The arrays come from disk: :meth:`check` proves every index the walk will
+        follow lies inside them before a kernel sees them (``ValueError`` if not).
+        """
+        want = {"neighbors": np.int32, "offsets": np.uint64, "cum": np.int32, "levels": np.int32}
+        for name, dt in want.items():
+            a = arrays.get(name)
+            if a is None or a.dtype != dt or a.ndim != 1:
+                raise ValueError(f"graph array {name!r} missing or not 1-D {np.dtype(dt).name}")
+        entry, max_level = meta.get("entry"), meta.get("max_level")
+        if not (isinstance(entry, int) and isinstance(max_level, int)) or isinstance(entry, bool):
+            raise ValueError("graph entry point and top level must be integers")
+        g = cls(arrays["neighbors"], arrays["offsets"].view(np.int64), arrays["cum"], arrays["levels"],
+                entry, max_level, arrays)
+        g.check()
+        return g
+
+    def check(self) -> None:
+        """Raise ``ValueError`` unless the arrays form an HNSW graph whose walk stays in bounds.
+
+        FAISS's layout: node ``i`` owns ``cum[levels[i]]`` link slots from ``offsets[i]``,
+        ``cum`` counts slots before each level, links are node numbers or ``-1``. The
+        descent reads level ``l`` of the entry point and of nodes with more than ``l``
+        levels only (the kernel skips others), so these checks bound every read.
+        """
+        n = self.levels.shape[0]
+        cum, levels, offsets, nb = self.cum, self.levels, self.offsets, self.neighbors
+        if offsets.shape[0] != n + 1:
+            raise ValueError(f"{offsets.shape[0]} node offsets for {n} nodes")
+        if cum.shape[0] < 2 or cum[0] != 0 or (np.diff(cum) < 0).any() or cum[-1] > 1 << 20:
+            raise ValueError("link counts per level are not a non-decreasing sequence from 0")
+        if n == 0:
+            if nb.shape[0] or offsets[0] != 0:
+                raise ValueError("an empty graph with links")
+            return
+        if levels.min() < 1 or levels.max() > cum.shape[0] - 1:
+            raise ValueError(f"node levels outside [1, {cum.shape[0] - 1}]")
+        if offsets[0] != 0 or not np.array_equal(np.diff(offsets), cum[levels].astype(np.int64)):
+            raise ValueError("node offsets do not match the nodes' levels")
+        if offsets[-1] != nb.shape[0]:
+            raise ValueError(f"offsets end at {offsets[-1]}, the graph has {nb.shape[0]} link slots")
+        if nb.shape[0] and (nb.min() < -1 or nb.max() >= n):
+            raise ValueError(f"links to nodes outside [0, {n})")
+        if not 0 <= self.entry < n or self.max_level != int(levels[self.entry]) - 1:
+            raise ValueError(f"entry point {self.entry} (top level {self.max_level}) is not a top node")
 
     def arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """The graph as named arrays and meta, for ``hyperret.storage.arrays``."""
@@ -134,6 +177,8 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                 nb = neighbors[s]
                 if nb < 0:
                     break
+                if levels[nb] <= level:  # not in this layer (FAISS never links so; a crafted file might)
+                    continue
                 d = _score(q, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
                 if d < d_ep:
                     ep, d_ep, changed = nb, d, True

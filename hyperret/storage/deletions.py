@@ -19,6 +19,7 @@ from ..errors import IndexCorruptError
 from .arrays import read_arrays, write_arrays
 from .fsutil import fsync_dir, fsync_file, sha256_file
 from .manifest import FileEntry
+from .paths import index_file, own_dir
 
 DELETIONS_DIR = "deletions"
 
@@ -27,8 +28,7 @@ def write_deletions(directory: Path, rows: np.ndarray, *, tag: str) -> FileEntry
     """Write the sorted deleted ``rows: (d,)`` int64 as a new deletion file; fsync'd."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     rel = f"{DELETIONS_DIR}/{tag}-{uuid.uuid4().hex[:12]}.rows"
-    path = Path(directory) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = own_dir(Path(directory), DELETIONS_DIR, create=True) / rel.split("/", 1)[1]
     write_arrays(path, {"rows": rows}, {"count": int(len(rows))})
     fsync_file(path)
     fsync_dir(path.parent)
@@ -37,9 +37,9 @@ def write_deletions(directory: Path, rows: np.ndarray, *, tag: str) -> FileEntry
 
 def read_deletions(directory: Path, entry: FileEntry, stored_rows: int) -> np.ndarray:
     """Deleted-row mask ``(stored_rows,)`` bool of the file ``entry`` names."""
-    arrays, _ = read_arrays(Path(directory) / entry.file)
+    arrays, _ = read_arrays(index_file(Path(directory), entry.file, "deletion file"))
     rows = arrays.get("rows")
-    if rows is None or rows.ndim != 1 or len(rows) != entry.rows:
+    if rows is None or rows.dtype != np.int64 or rows.ndim != 1 or len(rows) != entry.rows:
         raise IndexCorruptError(f"deletion file {entry.file}: expected {entry.rows} rows")
     if len(rows) and (rows[0] < 0 or rows[-1] >= stored_rows or (np.diff(rows) <= 0).any()):
         raise IndexCorruptError(f"deletion file {entry.file}: rows out of range or unsorted")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import IndexLockedError
+from ..errors import IndexCorruptError, IndexLockedError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -78,7 +79,14 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a planted symlink must not create or lock a file outside the index
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            raise IndexCorruptError(f"{self.path} cannot be used as the lock file ({e.strerror}): "
+                                    f"it must be a regular file, not a symlink") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IndexCorruptError(f"{self.path} is not a regular file: it cannot be the lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -8,6 +8,7 @@ with an atomic rename: a crash at any instant leaves the previous snapshot whole
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,10 +16,16 @@ from typing import Any
 
 from ..errors import FormatVersionError, IndexCorruptError, IndexNotFoundError
 from .fsutil import atomic_write_bytes
+from .paths import check_relative, regular_file
 
 FORMAT_NAME = "hyperret.index"
 FORMAT_VERSION = 3  # 2: safety bounds and collection modality; 3: deletion files, dedup record
 MANIFEST_NAME = "manifest.json"
+#: Largest vector dimension a manifest may declare (CLIP models use 512 to 1280).
+MAX_DIM = 1 << 16
+#: Curvatures ``c`` (of ``-c``) an index may have: where the float64 distances keep the ranking
+#: (see validate.curvature).
+CURV_MIN, CURV_MAX = 1e-4, 1e4
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,15 @@ class Manifest:
             out.append(self.deletions.file)
         return out
 
+    def files_entries(self) -> list[FileEntry | CandidateEntry]:
+        """The entries (file, bytes, checksum) of every file this snapshot references."""
+        out: list[FileEntry | CandidateEntry] = list(self.shards)
+        if self.candidates is not None:
+            out.append(self.candidates)
+        if self.deletions is not None:
+            out.append(self.deletions)
+        return out
+
     def to_json(self) -> bytes:
         d = asdict(self)
         d["rows"] = self.rows
@@ -98,35 +114,119 @@ class Manifest:
 
     @classmethod
     def from_json(cls, raw: bytes, where: Path) -> Manifest:
+        """Parse and check a manifest: every field of the type and range the format allows."""
         try:
             d = json.loads(raw)
-            if d.get("format") != FORMAT_NAME:
-                raise IndexCorruptError(f"{where}: not a hyperret manifest")
-            if int(d.get("format_version", 0)) > FORMAT_VERSION:
-                raise FormatVersionError(
-                    f"{where}: format version {d['format_version']} is newer than this "
-                    f"hyperret understands ({FORMAT_VERSION}); upgrade hyperret"
-                )
+        except ValueError as e:
+            raise IndexCorruptError(f"{where}: unreadable manifest ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise IndexCorruptError(f"{where}: not a hyperret manifest")
+        fv = d.get("format_version", 0)
+        if not _is_int(fv) or fv < 0:
+            raise IndexCorruptError(f"{where}: format_version {fv!r} is not a version number")
+        if fv > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{where}: format version {fv} is newer than this hyperret understands ({FORMAT_VERSION}); "
+                f"upgrade hyperret"
+            )
+        try:
             d.pop("rows", None)
-            d["shards"] = tuple(FileEntry(**s) for s in d.get("shards", ()))
+            d["shards"] = tuple(_file_entry(s, "shards", where) for s in _list(d.get("shards", []), "shards"))
             if d.get("candidates") is not None:
-                d["candidates"] = CandidateEntry(**d["candidates"])
+                c = d["candidates"]
+                if not isinstance(c, dict):
+                    raise ValueError("candidates is not an object")
+                d["candidates"] = CandidateEntry(**c)
             if d.get("deletions") is not None:
-                d["deletions"] = FileEntry(**d["deletions"])
-            return cls(**d)
+                d["deletions"] = _file_entry(d["deletions"], "deletions", where)
+            m = cls(**d)
         except (ValueError, TypeError, KeyError) as e:
-            raise IndexCorruptError(f"{where}: unreadable manifest ({e})") from e
+            raise IndexCorruptError(f"{where}: unreadable manifest ({e})") from None
+        m._check(where)
+        return m
+
+    def _check(self, where: Path) -> None:
+        """Types and ranges of the fields a reader trusts (``IndexCorruptError`` naming the field)."""
+        def bad(field: str, why: str) -> IndexCorruptError:
+            return IndexCorruptError(f"{where}: manifest field {field!r} {why}")
+
+        if not _is_int(self.dim) or not 1 <= self.dim <= MAX_DIM:
+            raise bad("dim", f"must be an integer in [1, {MAX_DIM}], got {self.dim!r}")
+        if not _is_number(self.curv) or not CURV_MIN <= self.curv <= CURV_MAX:
+            raise bad("curv", f"must be a number in [{CURV_MIN:g}, {CURV_MAX:g}], got {self.curv!r}")
+        if not _is_int(self.version) or self.version < 0:
+            raise bad("version", f"must be an integer >= 0, got {self.version!r}")
+        if not _is_int(self.next_id) or not 0 <= self.next_id <= 2**63:
+            raise bad("next_id", f"must be an integer in [0, 2**63], got {self.next_id!r}")
+        if self.geometry not in ("lorentz", "cosine"):
+            raise bad("geometry", f"must be lorentz or cosine, got {self.geometry!r}")
+        if self.modality not in ("image", "text", "mixed"):
+            raise bad("modality", f"must be image, text or mixed, got {self.modality!r}")
+        if not isinstance(self.preset, dict) or not isinstance(self.preset.get("name"), str):
+            raise bad("preset", "must be an object with a name")
+        if not isinstance(self.metadata_columns, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.metadata_columns.items()):
+            raise bad("metadata_columns", "must map column names to type names")
+        for name in ("bounds", "dedup", "producer"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, dict):
+                raise bad(name, "must be an object")
+        c = self.candidates
+        if c is not None:
+            check_relative(c.file, "candidate structure")
+            if not c.file.startswith("faiss/"):
+                raise bad("candidates", f"names {c.file!r} outside faiss/")
+            for f in ("bytes", "rows", "trained_rows"):
+                if not _is_int(getattr(c, f)) or getattr(c, f) < 0:
+                    raise bad(f"candidates.{f}", "must be an integer >= 0")
+            if not _is_sha(c.sha256) or not isinstance(c.factory, str) or not isinstance(c.proxy, str):
+                raise bad("candidates", "has a malformed checksum, factory or proxy")
+            if not isinstance(c.proxy_state, dict) or not all(_is_number(v) for v in c.proxy_state.values()):
+                raise bad("candidates.proxy_state", "must map names to finite numbers")
+        if self.deletions is not None and self.deletions.rows > self.stored_rows:
+            raise bad("deletions", f"lists {self.deletions.rows} rows of {self.stored_rows}")
 
     def committed(self, **changes: Any) -> Manifest:
         """A copy for the next commit: version + 1, fresh commit time, ``changes`` applied."""
         return replace(self, version=self.version + 1, committed_at=_now(), format_version=FORMAT_VERSION, **changes)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)
+
+
+def _list(v: Any, field: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError(f"{field} is not a list")
+    return v
+
+
+def _file_entry(d: Any, directory: str, where: Path) -> FileEntry:
+    """A checked :class:`FileEntry` naming a file in ``directory/``."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a {directory} entry is not an object")
+    e = FileEntry(**d)
+    sub, _ = check_relative(e.file, directory.rstrip("s"))
+    if sub != directory:
+        raise IndexCorruptError(f"{where}: {directory} entry {e.file!r} is outside {directory}/")
+    if not (_is_int(e.rows) and e.rows >= 0 and _is_int(e.bytes) and e.bytes >= 0 and _is_sha(e.sha256)):
+        raise IndexCorruptError(f"{where}: {directory} entry {e.file!r} has malformed rows, bytes or checksum")
+    return e
+
+
 def read_manifest(directory: Path) -> Manifest:
     """The committed manifest of the index at ``directory``."""
     path = Path(directory) / MANIFEST_NAME
     try:
-        raw = path.read_bytes()
+        raw = regular_file(path, "manifest").read_bytes()
     except FileNotFoundError:
         raise IndexNotFoundError(f"no hyperret index at {directory} (no {MANIFEST_NAME})") from None
     except OSError as e:

@@ -17,6 +17,7 @@ import pyarrow as pa
 from ..errors import IndexCorruptError
 from .fsutil import fsync_file, sha256_file
 from .manifest import FileEntry
+from .paths import index_file, own_dir
 
 SHARD_DIR = "shards"
 #: Columns every shard has; metadata columns may not use these names.
@@ -60,8 +61,7 @@ def build_table(
 def write_shard(directory: Path, table: pa.Table, *, tag: str) -> FileEntry:
     """Write ``table`` as a new immutable shard under ``directory/shards``; fsync'd."""
     rel = f"{SHARD_DIR}/{tag}-{uuid.uuid4().hex[:12]}.arrow"
-    path = Path(directory) / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = own_dir(Path(directory), SHARD_DIR, create=True) / rel.split("/", 1)[1]
     batch = table.combine_chunks().to_batches(max_chunksize=max(1, table.num_rows))
     with pa.OSFile(str(path), "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as writer:
@@ -84,7 +84,7 @@ class Shard:
 
     @classmethod
     def open(cls, directory: Path, entry: FileEntry, dim: int) -> Shard:
-        path = Path(directory) / entry.file
+        path = index_file(Path(directory), entry.file, "shard")
         try:
             source = pa.memory_map(str(path), "r")
             reader = pa.ipc.open_file(source)

@@ -14,9 +14,11 @@ from ..search.candidates import CandidateStage
 from ..search.presets import Preset
 from .deletions import read_deletions
 from .fsutil import sha256_file
-from .manifest import CandidateEntry, FileEntry, Manifest, read_manifest
+from .manifest import Manifest
+from .paths import index_file
 from .shards import CORE_COLUMNS, Shard
 from .shardset import ShardSet
+from .versions import read_latest
 
 _OPEN_RETRIES = 5
 
@@ -40,23 +42,27 @@ class Snapshot:
     def open(cls, path: Path, *, writable: bool = False) -> Snapshot:
         """Open the committed snapshot; retries if a concurrent commit removed a file."""
         for _ in range(_OPEN_RETRIES):
-            manifest = read_manifest(path)
+            manifest = read_latest(path)
             try:
                 return cls.load(path, manifest, writable=writable)
             except FileNotFoundError as e:
-                if read_manifest(path).version == manifest.version:
+                if read_latest(path).version == manifest.version:
                     raise IndexCorruptError(f"index {path}: committed file missing: {e.filename}") from e
         raise IndexCorruptError(f"index {path} changed {_OPEN_RETRIES} times while opening")
 
     @classmethod
     def load(cls, path: Path, manifest: Manifest, *, writable: bool = False) -> Snapshot:
+        for e in manifest.files_entries():  # the cheap check: each file is ours and of its recorded size
+            size = index_file(path, e.file).stat().st_size
+            if size != e.bytes:
+                raise IndexCorruptError(f"index {path}: {e.file} has {size} bytes, the manifest says {e.bytes}")
         shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
         stage = None
         c = manifest.candidates
         if c is not None:
             stage = CandidateStage.load(
-                path / c.file, Preset.from_dict(manifest.preset), c.factory, c.proxy, c.proxy_state,
-                manifest.dim, manifest.curv, c.trained_rows, spaces=[s.space for s in shards],
+                index_file(path, c.file, "candidate structure"), Preset.from_dict(manifest.preset), c.factory,
+                c.proxy, c.proxy_state, manifest.dim, manifest.curv, c.trained_rows, spaces=[s.space for s in shards],
                 writable=writable,
             )
             if stage.rows != manifest.stored_rows:
@@ -218,13 +224,11 @@ class Snapshot:
 
     # ---------------------------------------------------------------- verify
     def verify(self) -> None:
-        """Recompute every file's checksum; raise :class:`IndexCorruptError` on a mismatch."""
-        entries: list[FileEntry | CandidateEntry] = list(self.manifest.shards)
-        if self.manifest.candidates is not None:
-            entries.append(self.manifest.candidates)
-        for e in entries:
-            p = self.path / e.file
-            if not p.exists():
-                raise IndexCorruptError(f"{e.file}: missing")
+        """Recompute every named file's checksum (shards, structure, deletions); raise on a mismatch."""
+        for e in self.manifest.files_entries():
+            try:
+                p = index_file(self.path, e.file)
+            except FileNotFoundError:
+                raise IndexCorruptError(f"{e.file}: missing") from None
             if p.stat().st_size != e.bytes or sha256_file(p) != e.sha256:
                 raise IndexCorruptError(f"{e.file}: checksum mismatch")

@@ -148,7 +148,13 @@ class Source:
             idc = rb.column(ID)
             if idc.null_count:
                 raise InvalidInputError(f"{self.path}: null id in batch starting at row {start}")
-            ids = idc.to_numpy().astype(np.int64)
+            if not pa.types.is_integer(idc.type):
+                raise InvalidInputError(f"{self.path}: the id column must be integers, got {idc.type}")
+            raw = idc.to_numpy()
+            if raw.dtype == np.uint64 and len(raw) and int(raw.max()) > np.iinfo(np.int64).max:
+                raise InvalidInputError(f"{self.path}: id {int(raw.max())} (batch starting at row {start}) is "
+                                        f"outside the int64 range ids are stored in")
+            ids = raw.astype(np.int64)
         meta_cols = self.metadata_columns
         meta = pa.Table.from_batches([rb.select(meta_cols)]) if meta_cols else None
         return Batch(vectors=vectors, ids=ids, metadata=meta)
