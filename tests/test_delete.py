@@ -13,6 +13,7 @@ import pytest
 
 import hyperret
 from hyperret.errors import DuplicateIdError, InvalidInputError
+from hyperret.storage.manifest import FORMAT_VERSION
 
 DIM = 16
 
@@ -48,7 +49,7 @@ def test_deleted_rows_leave_search_reads_and_ids(tmp_path, preset, exact_knn):
     w.close()
     ix = hyperret.Index.open(tmp_path / "ix")
     ix.verify()
-    assert len(ix) == n - len(gone) and ix.manifest.format_version == 3
+    assert len(ix) == n - len(gone) and ix.manifest.format_version == FORMAT_VERSION
 
 
 def test_delete_errors_missing_ok_rollback_and_readding(tmp_path):

@@ -23,12 +23,14 @@ from hyperret.storage.arrays import read_arrays, write_arrays
 from hyperret.testing.synthetic import make_points
 
 DIM = 16
+_OPEN_AND_REPORT = ("import sys; from hyperret import Index\n"
+                    "try:\n Index.open(sys.argv[1])\nexcept Exception as e:\n print(type(e).__name__, e)")
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:
     """Every file under ``path`` (not following symlinks) with its bytes, to prove nothing changed."""
     out = {}
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         for f in files:
             p = Path(root) / f
             out[str(p.relative_to(path))] = b"<link>" if p.is_symlink() else p.read_bytes()
@@ -135,7 +137,7 @@ def test_fifo_named_as_a_shard_does_not_hang(built):
     shard.unlink()
     os.mkfifo(shard)
     # In a child process with a deadline: a hang would otherwise stall the suite.
-    code = "import sys; from hyperret import Index\ntry:\n Index.open(sys.argv[1])\nexcept Exception as e:\n print(type(e).__name__, e)"
+    code = _OPEN_AND_REPORT
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
     assert "IndexCorruptError" in r.stdout and "not a regular file" in r.stdout
 
@@ -144,9 +146,9 @@ def test_fifo_manifest_does_not_hang(built):
     path, _, _ = built
     (path / "manifest.json").unlink()
     os.mkfifo(path / "manifest.json")
-    code = "import sys; from hyperret import Index\ntry:\n Index.open(sys.argv[1])\nexcept Exception as e:\n print(type(e).__name__)"
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
-    assert r.stdout.strip() == "IndexCorruptError"
+    r = subprocess.run([sys.executable, "-c", _OPEN_AND_REPORT, str(path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.stdout.startswith("IndexCorruptError")
 
 
 def _graph_file(path: Path) -> Path:
@@ -317,3 +319,17 @@ def test_curvature_outside_the_exact_range_is_refused(tmp_path, curv):
 def test_every_hostile_error_is_a_hyperret_error():
     """The CLI's one-line exit 2 covers each: all the errors above derive from HyperretError."""
     assert issubclass(IndexCorruptError, HyperretError) and issubclass(InvalidInputError, HyperretError)
+
+
+def test_norms_beyond_the_exact_range_are_refused(tmp_path):
+    ix = Index.create(tmp_path / "ix", DIM, curv=4.0)
+    x = make_points(4, DIM, seed=0).space
+    big = x.copy()
+    big[2] *= 1e15 / np.linalg.norm(big[2])  # sqrt(4) * 1e15 = 2e15 > 1e15
+    with pytest.raises(InvalidInputError, match=r"row 2 has norm 1e\+15.*\[0, 1e\+15\]"):
+        ix.add(big)
+    with pytest.raises(InvalidInputError, match="query vectors: row 2"):
+        ix.search(big, 1)
+    ix.add(x)  # ordinary rows still go in
+    assert ix.pending == 4
+    ix.close()

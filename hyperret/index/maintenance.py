@@ -84,6 +84,7 @@ class Maintains(Searches):
             if s.get("version") != self.version:
                 raise InvalidInputError(f"the dedup result is of version {s.get('version')}, the index is at "
                                         f"{self.version}: run dedup again")
+            self._snap.verify()  # never commit a deletion on top of a shard that fails its checksum
             ids = result.to_delete
             if len(ids):
                 self.delete(ids)

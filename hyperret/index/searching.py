@@ -59,6 +59,8 @@ class Searches(Writes):
         ``.plans`` says what happened to each query.
         """
         q = validate.vectors(queries, self.dim, what="query vectors")
+        if self.geometry == "lorentz":
+            validate.norms(q, self.curv, what="query vectors")
         if self.geometry == "cosine":
             q = unit_rows(q, "query vectors")
             if any(p != "off" for p in ([policy] if isinstance(policy, str) else policy)):

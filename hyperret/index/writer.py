@@ -42,6 +42,8 @@ class Writes(IndexBase):
         x = validate.vectors(vectors, self.dim)
         if self.geometry == "cosine":
             x = unit_rows(x)
+        else:
+            validate.norms(x, self.curv)
         n = x.shape[0]
         meta = validate.metadata(metadata, n)
         self._check_modality_column(meta, n)
