@@ -420,3 +420,42 @@ def test_cli_dedup_dry_run_auto_apply_and_search(injected, tmp_path):
     _fails(_run("dedup", tmp_path / "missing", "--radius", 1, "--out", out), "no hyperret index")
     _fails(_run("dedup", path, "--radius", 1, "--keep", "newest", "--out", out), "unknown keep rule")
     assert hyperret.Index.open(path).version == before
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 6.0])
+def test_cell_assignment_is_exact_at_the_margin(scale):
+    """Rows planted 2e-7 inside and outside the 2R margin of a second cell, far from the origin.
+
+    The float32 rule this replaced missed 6, 56 and 70 of these cases (at tangent norms 1, 3, 6); the
+    assignment must follow the rule exactly as float64 computes it (nearest cell, plus every cell
+    within the margin).
+    """
+    from hyperret.dedup.cells import assign_margin, assign_tangent
+
+    rng = np.random.default_rng(int(scale * 10))
+    dim, nlist, radius = 768, 40, 0.05
+    c = rng.normal(size=(nlist, dim))
+    c *= scale / np.linalg.norm(c, axis=1, keepdims=True)
+    c = c.astype(np.float32)
+    c64 = c.astype(np.float64)
+    margin = assign_margin(radius)
+    rows = []
+    for i in range(600):
+        a_i, b_i = rng.choice(nlist, 2, replace=False)
+        A, B = c64[a_i], c64[b_i]
+        D = np.linalg.norm(B - A)
+        a = D * 0.5 + rng.uniform(0.0, 0.1)  # near the bisector: A nearest or nearly
+        L = a + margin + (2e-7 if i % 2 else -2e-7)
+        w = (B - A) / D
+        z = rng.normal(size=dim)
+        z -= (z @ w) * w
+        z /= np.linalg.norm(z)
+        x = (a * a + D * D - L * L) / (2 * D)
+        rows.append(A + x * w + np.sqrt(max(a * a - x * x, 0.0)) * z)
+    t = np.array(rows)
+    primary, pos, cells = assign_tangent(t, c, radius)
+    d = np.sqrt(((t[:, None, :] - c64[None, :, :]) ** 2).sum(-1))
+    assert np.array_equal(primary, d.argmin(1))
+    want = {(i, j) for i, j in zip(*np.nonzero(d <= d.min(1, keepdims=True) + margin)) if j != primary[i]}
+    assert set(zip(pos.tolist(), cells.tolist())) == want
+    assert len(want) > 100  # the planted inside cases are there

@@ -19,7 +19,8 @@ from .fsutil import atomic_write_bytes
 from .paths import check_relative, regular_file
 
 FORMAT_NAME = "hyperret.index"
-FORMAT_VERSION = 4  # 2: safety bounds and collection modality; 3: deletion files, dedup record; 4: versions/, confined paths
+#: 2: safety bounds and collection modality; 3: deletion files, dedup record; 4: versions/, confined paths.
+FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 #: Largest vector dimension a manifest may declare (CLIP models use 512 to 1280).
 MAX_DIM = 1 << 16
