@@ -49,6 +49,13 @@ def norms(x: np.ndarray, curv: float, what: str = "vectors") -> np.ndarray:
     return x
 
 
+def integer(v: Any, what: str, *, minimum: int) -> int:
+    """``v`` as a Python int ``>= minimum`` (NumPy integers accepted, bools refused)."""
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < minimum:
+        raise InvalidInputError(f"{what} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
 def radius(r: Any, what: str = "radius") -> float:
     """A geodesic distance as a finite float ``>= 0``."""
     try:

@@ -430,7 +430,7 @@ def test_cell_assignment_is_exact_at_the_margin(scale):
     assignment must follow the rule exactly as float64 computes it (nearest cell, plus every cell
     within the margin).
     """
-    from hyperret.dedup.cells import assign_margin, assign_tangent
+    from hyperret.dedup.cells import Cells, assign_margin
 
     rng = np.random.default_rng(int(scale * 10))
     dim, nlist, radius = 768, 40, 0.05
@@ -453,7 +453,7 @@ def test_cell_assignment_is_exact_at_the_margin(scale):
         x = (a * a + D * D - L * L) / (2 * D)
         rows.append(A + x * w + np.sqrt(max(a * a - x * x, 0.0)) * z)
     t = np.array(rows)
-    primary, pos, cells = assign_tangent(t, c, radius)
+    primary, pos, cells = Cells(c).assign(t, radius)
     d = np.sqrt(((t[:, None, :] - c64[None, :, :]) ** 2).sum(-1))
     assert np.array_equal(primary, d.argmin(1))
     want = {(i, j) for i, j in zip(*np.nonzero(d <= d.min(1, keepdims=True) + margin)) if j != primary[i]}

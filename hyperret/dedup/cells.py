@@ -87,64 +87,69 @@ def train_cells(snap: Snapshot, rows: np.ndarray, nlist: int, seed: int = 1234) 
 def assign(snap: Snapshot, rows: np.ndarray, centroids: np.ndarray, radius: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest cell of each row ``(m,)`` int64, and the extra (row position, cell) pairs within the ``2R`` margin."""
+    cells = Cells(centroids)
     primary = np.empty(len(rows), dtype=np.int64)
     extra_pos, extra_cell = [], []
     for start in range(0, len(rows), ASSIGN_BATCH):
         t = tangent(snap, rows[start : start + ASSIGN_BATCH])
-        p, pos, cells = assign_tangent(t, centroids, radius)
+        p, pos, cell = cells.assign(t, radius)
         primary[start : start + len(t)] = p
         extra_pos.append(start + pos)
-        extra_cell.append(cells)
+        extra_cell.append(cell)
     pos = np.concatenate(extra_pos) if extra_pos else np.zeros(0, np.int64)
-    cells = np.concatenate(extra_cell) if extra_cell else np.zeros(0, np.int64)
-    return primary, pos.astype(np.int64), cells.astype(np.int64)
+    cell = np.concatenate(extra_cell) if extra_cell else np.zeros(0, np.int64)
+    return primary, pos.astype(np.int64), cell.astype(np.int64)
 
 
-def assign_tangent(t: np.ndarray, centroids: np.ndarray, radius: float
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`assign` for tangent vectors ``t: (m, dim)`` float64 against float32 ``centroids: (nlist, dim)``.
+class Cells:
+    """Float32 ``centroids: (nlist, dim)`` behind a FAISS flat search, and their float64 copy (built once)."""
 
-    FAISS's float32 search only proposes cells; the decisions use float64 distances.
-    Its float32 ``|t|^2 + |c|^2 - 2 t.c`` is off by at most ``e^2 = gamma (|t| + |c|)^2``
-    in ``d^2`` (``gamma = n u / (1 - n u)``, ``n = dim + 2``, ``u = 2^-24``, any
-    summation order), plus ``u |t|`` for rounding ``t`` to float32; a cell FAISS did
-    not return lies at ``d >= d32_last - e``, so widening until ``d32_last - e`` exceeds
-    the float64 nearest distance plus the margin returns every cell the rule needs.
-    """
-    m, dim = t.shape
-    nlist = len(centroids)
-    q = faiss.IndexFlatL2(dim)
-    q.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    c64 = np.asarray(centroids, dtype=np.float64)
-    cn2 = np.einsum("ij,ij->i", c64, c64)
-    u = 2.0**-24
-    gamma = (dim + 2) * u / (1 - (dim + 2) * u)
-    tn = np.sqrt(np.einsum("ij,ij->i", t, t))
-    err = np.sqrt(gamma) * (tn + np.sqrt(cn2.max(initial=0.0))) + 2 * u * tn  # shape: (m,), bounds |d32 - d|
-    margin = assign_margin(radius)
-    t32 = t.astype(np.float32)
-    primary = np.empty(m, dtype=np.int64)
-    extra_pos, extra_cell = [], []
-    todo = np.arange(m)
-    top = min(nlist, 8)
-    while len(todo):
-        d2, cell = q.search(t32[todo], top)
-        d = _exact_distances(t[todo], c64, cell)
-        order = np.argsort(d, axis=1, kind="stable")
-        d = np.take_along_axis(d, order, 1)
-        cell = np.take_along_axis(cell, order, 1)
-        primary[todo] = cell[:, 0]
-        within = d <= d[:, :1] + margin
-        last32 = np.sqrt(np.maximum(d2[:, -1], 0))
-        more = (last32 - err[todo] <= d[:, 0] + margin) & (top < nlist)  # unreturned cells may be in the margin
-        done = ~more
-        pi, cj = np.nonzero(within[done][:, 1:])
-        extra_pos.append(todo[done][pi])
-        extra_cell.append(cell[done][pi, cj + 1])
-        todo, top = todo[more], min(nlist, top * 4)
-    pos = np.concatenate(extra_pos) if extra_pos else np.zeros(0, np.int64)
-    cells = np.concatenate(extra_cell) if extra_cell else np.zeros(0, np.int64)
-    return primary, pos.astype(np.int64), cells.astype(np.int64)
+    def __init__(self, centroids: np.ndarray):
+        self.index = faiss.IndexFlatL2(centroids.shape[1])
+        self.index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        self.c64 = np.asarray(centroids, dtype=np.float64)
+        self.max_norm = float(np.sqrt(np.einsum("ij,ij->i", self.c64, self.c64).max(initial=0.0)))
+
+    def assign(self, t: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`assign` for tangent vectors ``t: (m, dim)`` float64.
+
+        FAISS's float32 search only proposes cells; the decisions use float64 distances.
+        Its float32 ``|t|^2 + |c|^2 - 2 t.c`` is off by at most ``e^2 = gamma (|t| + |c|)^2``
+        in ``d^2`` (``gamma = n u / (1 - n u)``, ``n = dim + 2``, ``u = 2^-24``, any
+        summation order), plus ``u |t|`` for rounding ``t`` to float32; a cell FAISS did
+        not return lies at ``d >= d32_last - e``, so widening until ``d32_last - e`` exceeds
+        the float64 nearest distance plus the margin returns every cell the rule needs.
+        """
+        m, dim = t.shape
+        nlist = len(self.c64)
+        u = 2.0**-24
+        gamma = (dim + 2) * u / (1 - (dim + 2) * u)
+        tn = np.sqrt(np.einsum("ij,ij->i", t, t))
+        err = np.sqrt(gamma) * (tn + self.max_norm) + 2 * u * tn  # shape: (m,), bounds |d32 - d|
+        margin = assign_margin(radius)
+        t32 = t.astype(np.float32)
+        primary = np.empty(m, dtype=np.int64)
+        extra_pos, extra_cell = [], []
+        todo = np.arange(m)
+        top = min(nlist, 8)
+        while len(todo):
+            d2, cell = self.index.search(t32[todo], top)
+            d = _exact_distances(t[todo], self.c64, cell)
+            order = np.argsort(d, axis=1, kind="stable")
+            d = np.take_along_axis(d, order, 1)
+            cell = np.take_along_axis(cell, order, 1)
+            primary[todo] = cell[:, 0]
+            within = d <= d[:, :1] + margin
+            last32 = np.sqrt(np.maximum(d2[:, -1], 0))
+            more = (last32 - err[todo] <= d[:, 0] + margin) & (top < nlist)  # unreturned cells may be in the margin
+            done = ~more
+            pi, cj = np.nonzero(within[done][:, 1:])
+            extra_pos.append(todo[done][pi])
+            extra_cell.append(cell[done][pi, cj + 1])
+            todo, top = todo[more], min(nlist, top * 4)
+        pos = np.concatenate(extra_pos) if extra_pos else np.zeros(0, np.int64)
+        cells = np.concatenate(extra_cell) if extra_cell else np.zeros(0, np.int64)
+        return primary, pos.astype(np.int64), cells.astype(np.int64)
 
 
 def assign_margin(radius: float) -> float:

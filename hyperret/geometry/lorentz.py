@@ -14,6 +14,8 @@ precision far from the origin even in float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = [
@@ -75,20 +77,20 @@ def _over(f, z: np.ndarray) -> np.ndarray:
 
 def exp_map0(v: np.ndarray, curv: float) -> np.ndarray:
     """Exponential map at the origin: tangent vectors ``(..., D)`` -> space components ``(..., D)``."""
-    curv = _check_curv(curv)
-    v64 = _f64(v)
-    z = np.sqrt(curv) * np.linalg.norm(v64, axis=-1, keepdims=True)
-    out = _over(np.sinh, z) * v64
-    return out.astype(_float_dtype(v), copy=False)
+    return _radial(v, curv, np.sinh)
 
 
 def log_map0(x: np.ndarray, curv: float) -> np.ndarray:
     """Logarithmic map at the origin: space components ``(..., D)`` -> tangent vectors ``(..., D)``."""
+    return _radial(x, curv, np.arcsinh)
+
+
+def _radial(v: np.ndarray, curv: float, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``(f(z) / z) * v`` with ``z = sqrt(curv) |v|`` for ``(..., D)`` vectors, in float64, cast back."""
     curv = _check_curv(curv)
-    x64 = _f64(x)
-    z = np.sqrt(curv) * np.linalg.norm(x64, axis=-1, keepdims=True)
-    out = _over(np.arcsinh, z) * x64
-    return out.astype(_float_dtype(x), copy=False)
+    v64 = _f64(v)
+    z = np.sqrt(curv) * np.linalg.norm(v64, axis=-1, keepdims=True)
+    return (_over(f, z) * v64).astype(_float_dtype(v), copy=False)
 
 
 def radius(x: np.ndarray, curv: float) -> np.ndarray:

@@ -51,6 +51,8 @@ class IndexBase:
         self._bounds: tuple[dict[str, Any], Bounds] | None = None
         #: Newest versions a writer keeps after each commit (None: all, until cleanup()).
         self.keep_versions: int | None = DEFAULT_KEEP_VERSIONS
+        if snapshot.manifest.bounds is not None:
+            self.bounds  # noqa: B018 - a manifest's bounds are checked on open, not at the first search
 
     # ------------------------------------------------------------ properties
     @property

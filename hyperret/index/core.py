@@ -116,9 +116,8 @@ class Index(Maintains):
             lock.acquire()
         try:
             ix = cls(path, Snapshot.open(path, writable=writable), lock)
-            ix.keep_versions = _check_keep(keep_versions)
-            if ix.manifest.bounds is not None:
-                ix.bounds  # noqa: B018 - a manifest's bounds are checked on open, not at the first search
+            ix.keep_versions = None if keep_versions is None else validate.integer(keep_versions, "keep_versions",
+                                                                                       minimum=1)
             if writable:
                 ix._collect_garbage()
                 remove_stale_partials(path)
@@ -151,18 +150,13 @@ class Index(Maintains):
     def _open_version(cls, path: Path, version: int, writable: bool) -> Index:
         if writable:
             raise InvalidInputError("an earlier version opens read-only (commits add versions after the latest)")
-        if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 0:
-            raise InvalidInputError(f"version must be an integer >= 0, got {version!r}")
-        manifest = read_version(path, int(version))
+        manifest = read_version(path, validate.integer(version, "version", minimum=0))
         try:
             snap = Snapshot.load(path, manifest)
         except FileNotFoundError as e:
             raise IndexCorruptError(f"version {version} of {path} cannot be opened: {e.filename} was removed "
                                     f"(cleanup keeps only the files of the versions it keeps)") from None
-        ix = cls(path, snap, None)
-        if ix.manifest.bounds is not None:
-            ix.bounds  # noqa: B018 - checked on open
-        return ix
+        return cls(path, snap, None)
 
     def close(self) -> None:
         """Drop uncommitted rows and release the write lock (if held)."""
@@ -177,12 +171,3 @@ class Index(Maintains):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-
-def _check_keep(keep: int | None) -> int | None:
-    if keep is None:
-        return None
-    if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool) or keep < 1:
-        raise InvalidInputError(f"keep_versions must be an integer >= 1 or None, got {keep!r}")
-    return int(keep)

@@ -150,8 +150,7 @@ class Maintains(Searches):
         Returns what was removed: ``versions``, ``files`` and ``bytes``.
         """
         self._require_writable()
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise InvalidInputError(f"keep must be an integer >= 1, got {keep!r}")
+        keep = validate.integer(keep, "keep", minimum=1)
         age = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
         if age is not None:
             age = validate.radius(age, "older_than (seconds)")

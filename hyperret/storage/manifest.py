@@ -92,12 +92,7 @@ class Manifest:
 
     def files(self) -> list[str]:
         """Every file this snapshot references (relative paths)."""
-        out = [s.file for s in self.shards]
-        if self.candidates is not None:
-            out.append(self.candidates.file)
-        if self.deletions is not None:
-            out.append(self.deletions.file)
-        return out
+        return [e.file for e in self.files_entries()]
 
     def files_entries(self) -> list[FileEntry | CandidateEntry]:
         """The entries (file, bytes, checksum) of every file this snapshot references."""
@@ -174,8 +169,7 @@ class Manifest:
                 raise bad(name, "must be an object")
         c = self.candidates
         if c is not None:
-            check_relative(c.file, "candidate structure")
-            if not c.file.startswith("faiss/"):
+            if check_relative(c.file, "candidate structure")[0] != "faiss":
                 raise bad("candidates", f"names {c.file!r} outside faiss/")
             for f in ("bytes", "rows", "trained_rows"):
                 if not _is_int(getattr(c, f)) or getattr(c, f) < 0:

@@ -55,13 +55,7 @@ def index_file(root: Path, rel: object, what: str = "file") -> Path:
     have collected it; the caller decides), :class:`IndexCorruptError` otherwise.
     """
     directory, name = check_relative(rel, what)
-    own_dir(root, directory)
-    path = Path(root) / directory / name
-    st = os.lstat(path)  # FileNotFoundError propagates
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-        raise IndexCorruptError(f"{rel} is {kind}: refusing to read it")
-    return path
+    return regular_file(own_dir(root, directory) / name, what)
 
 
 def regular_file(path: Path, what: str) -> Path:

@@ -13,12 +13,11 @@ from ..errors import IndexCorruptError
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
 from .deletions import read_deletions
-from .fsutil import sha256_file
 from .manifest import Manifest
 from .paths import index_file
 from .shards import CORE_COLUMNS, Shard
 from .shardset import ShardSet
-from .versions import read_latest
+from .versions import files_present, read_latest
 
 _OPEN_RETRIES = 5
 
@@ -225,10 +224,6 @@ class Snapshot:
     # ---------------------------------------------------------------- verify
     def verify(self) -> None:
         """Recompute every named file's checksum (shards, structure, deletions); raise on a mismatch."""
-        for e in self.manifest.files_entries():
-            try:
-                p = index_file(self.path, e.file)
-            except FileNotFoundError:
-                raise IndexCorruptError(f"{e.file}: missing") from None
-            if p.stat().st_size != e.bytes or sha256_file(p) != e.sha256:
-                raise IndexCorruptError(f"{e.file}: checksum mismatch")
+        problem = files_present(self.path, self.manifest, checksums=True)
+        if problem is not None:
+            raise IndexCorruptError(problem)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import FormatVersionError, IndexCorruptError, IndexNotFoundError
 from .fsutil import atomic_write_bytes, sha256_file
-from .manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
+from .manifest import Manifest, read_manifest, write_manifest
 from .paths import index_file, own_dir
 
 VERSIONS_DIR = "versions"
@@ -65,13 +65,13 @@ def files_present(directory: Path, manifest: Manifest, *, checksums: bool = Fals
         try:
             p = index_file(Path(directory), e.file)
         except FileNotFoundError:
-            return f"{e.file} is missing"
+            return f"{e.file}: missing"
         except IndexCorruptError as err:
             return str(err)
         if p.stat().st_size != e.bytes:
-            return f"{e.file} has the wrong size"
+            return f"{e.file}: checksum mismatch (size {p.stat().st_size}, the manifest says {e.bytes})"
         if checksums and sha256_file(p) != e.sha256:
-            return f"{e.file} fails its checksum"
+            return f"{e.file}: checksum mismatch"
     return None
 
 
@@ -156,13 +156,13 @@ def list_versions(directory: Path) -> list[VersionInfo]:
     """Every recorded version, oldest first; for an index of an older format, its one manifest."""
     directory = Path(directory)
     try:
-        latest: int | None = read_manifest(directory).version
+        current: Manifest | None = read_manifest(directory)
     except (IndexCorruptError, IndexNotFoundError):
-        latest = None
+        current = None
+    latest = current.version if current is not None else None
     numbers = version_numbers_safe(directory)
-    if not numbers and latest is not None:  # written before versions were kept
-        m = read_manifest(directory)
-        return [VersionInfo(m.version, m.committed_at, m.rows, len(m.shards), True, True)]
+    if not numbers and current is not None:  # written before versions were kept
+        return [VersionInfo(current.version, current.committed_at, current.rows, len(current.shards), True, True)]
     out = []
     for v in numbers:
         try:
@@ -231,5 +231,5 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-__all__ = ["VERSIONS_DIR", "MANIFEST_NAME", "commit_manifest", "list_versions", "read_latest", "read_version",
+__all__ = ["VERSIONS_DIR", "commit_manifest", "list_versions", "read_latest", "read_version",
            "repair", "remove_versions", "remove_uncommitted", "referenced_files", "newest_intact"]
