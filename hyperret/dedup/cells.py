@@ -128,13 +128,15 @@ class Cells:
         err = np.sqrt(gamma) * (tn + self.max_norm) + 2 * u * tn  # shape: (m,), bounds |d32 - d|
         margin = assign_margin(radius)
         t32 = t.astype(np.float32)
+        first = True
         primary = np.empty(m, dtype=np.int64)
         extra_pos, extra_cell = [], []
         todo = np.arange(m)
         top = min(nlist, 8)
         while len(todo):
-            d2, cell = self.index.search(t32[todo], top)
-            d = _exact_distances(t[todo], self.c64, cell)
+            d2, cell = self.index.search(t32 if first else t32[todo], top)  # the first round: every row, no copy
+            first = False
+            d = _exact_distances(t, todo, self.c64, cell)
             order = np.argsort(d, axis=1, kind="stable")
             d = np.take_along_axis(d, order, 1)
             cell = np.take_along_axis(cell, order, 1)
@@ -157,18 +159,30 @@ def assign_margin(radius: float) -> float:
     return 2.0 * radius * (1 + 1e-6) + 1e-6
 
 
-def _exact_distances(t: np.ndarray, c64: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """Float64 ``|t_i - c_cell[i, j]|`` for ``t: (m, dim)`` and ``cell: (m, top)`` -> ``(m, top)``.
+@njit(cache=True, parallel=True, nogil=True)
+def _cell_distances(t, rows, c64, cell, out):
+    """Float64 ``|t[rows[i]] - c64[cell[i, j]]|`` into ``out: (m, top)``, summed differences (no cancellation)."""
+    for i in prange(rows.shape[0]):
+        ti = t[rows[i]]
+        for j in range(cell.shape[1]):
+            c = c64[cell[i, j]]
+            s = 0.0
+            for k in range(ti.shape[0]):
+                dk = ti[k] - c[k]
+                s += dk * dk
+            out[i, j] = np.sqrt(s)
 
-    Summed differences, not ``|t|^2 + |c|^2 - 2 t.c``: relative error ~``dim * 2^-53``, no cancellation.
+
+def _exact_distances(t: np.ndarray, rows: np.ndarray, c64: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """Float64 ``|t[rows[i]] - c64[cell[i, j]]|`` for ``t: (m, dim)``, ``cell: (r, top)`` -> ``(r, top)``.
+
+    Relative error ~``dim * 2^-53``: far inside the margin's slack.
     """
     out = np.empty(cell.shape, dtype=np.float64)
-    for lo in range(0, len(t), 2048):
-        sl = slice(lo, lo + 2048)
-        for j in range(cell.shape[1]):
-            diff = t[sl] - c64[cell[sl, j]]
-            out[sl, j] = np.einsum("ij,ij->i", diff, diff)
-    return np.sqrt(out)
+    if len(rows):
+        _cell_distances(np.ascontiguousarray(t), np.ascontiguousarray(rows, dtype=np.int64), c64,
+                        np.ascontiguousarray(cell, dtype=np.int64), out)
+    return out
 
 
 def _block_pairs(ta: np.ndarray, tb: np.ndarray, radius: float, upper: bool) -> tuple[np.ndarray, np.ndarray]:
