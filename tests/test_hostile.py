@@ -144,7 +144,7 @@ def test_fifo_manifest_does_not_hang(built):
 
 
 def _graph_file(path: Path) -> Path:
-    return path / _manifest(path)["candidates"]["file"]
+    return path / _manifest(path)["candidates"][0]["file"]
 
 
 def _rewrite_graph(path: Path, change) -> None:
@@ -158,8 +158,8 @@ def _rewrite_graph(path: Path, change) -> None:
     f.unlink()
     write_arrays(f, arrays, meta)
     m = _manifest(path)
-    m["candidates"]["bytes"] = f.stat().st_size
-    m["candidates"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    m["candidates"][0]["bytes"] = f.stat().st_size
+    m["candidates"][0]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
     _write_manifest(path, m)
 
 
@@ -242,7 +242,7 @@ def test_manifest_fields_out_of_range(built, field, value):
 def test_unknown_proxy_is_refused(built):
     path, _, _ = built
     m = _manifest(path)
-    m["candidates"]["proxy"] = "euclid9"
+    m["candidates"][0]["proxy"] = "euclid9"
     _write_manifest(path, m)
     with pytest.raises(IndexCorruptError, match="unknown candidate space"):
         Index.open(path)

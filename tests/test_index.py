@@ -236,7 +236,7 @@ def test_verify_detects_a_damaged_shard(tmp_path, points):
 def test_missing_committed_file_is_reported(tmp_path, points):
     _build(tmp_path / "ix", points).close()
     m = hyperret.Index.open(tmp_path / "ix").manifest
-    (tmp_path / "ix" / m.candidates.file).unlink()
+    (tmp_path / "ix" / m.candidates[0].file).unlink()
     with pytest.raises(errors.IndexCorruptError):
         hyperret.Index.open(tmp_path / "ix")
 
@@ -271,12 +271,12 @@ def test_appends_extend_the_structure_in_place(tmp_path, preset, rows):
     w = hyperret.Index.create(tmp_path / preset, dim=16, curv=0.9, preset=preset)
     w.add(pts.space[:rows])
     w.commit()
-    before = w.manifest.candidates
+    (before,) = w.manifest.candidates
     w.close()
     w = hyperret.Index.open(tmp_path / preset, writable=True)  # a fresh writer grows the saved structure
     w.add(pts.space[rows:])
     w.commit()
-    after = w.manifest.candidates
+    (after,) = w.manifest.candidates  # the one segment grew (a copy): still one
     assert after.factory == before.factory and after.trained_rows == before.trained_rows
     assert after.rows == rows + 1500 and after.file != before.file
     w.close()

@@ -31,6 +31,8 @@ def index_cmd(
                                   "fp32, fp16 or bf16."),
     commit_every: int = typer.Option(4096, "--commit-every", min=1, help="Commit after this many new images."),
     commit_seconds: float = typer.Option(300.0, "--commit-seconds", min=0.0, help="...or after this many seconds."),
+    compact: bool = typer.Option(True, "--compact/--no-compact", help="Images: end the run by merging the "
+                                 "segments its commits made into one (hyperret compact)."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Skip images larger than this "
                                    "(width x height): decompression bombs."),
     report: Path | None = typer.Option(None, "--report", help="JSON-lines list of skipped files (default: "
@@ -56,7 +58,7 @@ def index_cmd(
         summary = index_images_cmd(source, out, model=model, arch=arch, device=device, batch_size=batch_size,
                                    workers=workers, precision=precision, commit_every=commit_every,
                                    commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
-                                   preset=preset, bounds=bounds, quiet=quiet or as_json)
+                                   preset=preset, bounds=bounds, quiet=quiet or as_json, compact=compact)
         if as_json:
             dump(summary)
         else:
@@ -74,7 +76,7 @@ def index_cmd(
 def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, device: str, batch_size: int,
                      workers: int | None, precision: str, commit_every: int, commit_seconds: float,
                      max_pixels: int, report: Path | None, preset: str | None, bounds: Path | None,
-                     quiet: bool) -> dict[str, Any]:
+                     quiet: bool, compact: bool = True) -> dict[str, Any]:
     """Embed the images under ``source`` into the index at ``out`` (created, or resumed)."""
     from ..embed.encoder import load_encoder
     from ..embed.indexer import index_images
@@ -93,7 +95,8 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
     try:
         summary = index_images(source, out, enc, preset=preset, bounds=b, batch_size=batch_size, workers=workers,
                                commit_every=commit_every, commit_seconds=commit_seconds, max_pixels=max_pixels,
-                               report=report, on_start=started, progress=lambda n: bars.update(task, advance=n))
+                               report=report, on_start=started, progress=lambda n: bars.update(task, advance=n),
+                               compact=compact)
     finally:
         bars.stop()
     return summary.to_dict()

@@ -1,4 +1,4 @@
-"""``hyperret versions``, ``verify``, ``repair`` and ``cleanup``: an index's history and its health."""
+"""``hyperret versions``, ``verify``, ``repair``, ``cleanup`` and ``compact``: an index's history and its health."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from .app import app, fail, handle_errors
-from .render import dump
+from .render import dump, progress_bars
 
 
 @app.command("versions")
@@ -87,3 +87,31 @@ def cleanup_cmd(
         dump(out)
     else:
         typer.echo(f"removed {len(out['versions'])} versions, {out['files']} files, {out['bytes']} bytes")
+
+
+@app.command("compact")
+@handle_errors
+def compact_cmd(
+    index: Path = typer.Argument(..., help="Index directory."),
+    cleanup: bool = typer.Option(False, "--cleanup", help="Then remove every older version and its files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Rewrite the shards without deleted rows, merge small shards and the candidate segments into one."""
+    from ..index import Index
+
+    with Index.open(index, writable=True) as ix:
+        with progress_bars(quiet or as_json) as bars:
+            task = bars.add_task("compacting", total=len(ix))
+            out = ix.compact(progress=lambda n: bars.update(task, advance=n))
+        if cleanup:
+            out["cleanup"] = ix.cleanup(keep=1)
+    if as_json:
+        dump(out)
+    elif not out["compacted"]:
+        typer.echo(f"nothing to compact: version {out['version']} has one segment, no deleted rows, no small shards")
+    else:
+        freed = f", {out['cleanup']['bytes']} bytes freed" if cleanup else ""
+        typer.echo(f"compacted to version {out['version']}: {out['rows_removed']} deleted rows removed, "
+                   f"shards {out['shards_before']} -> {out['shards_after']}, segments {out['segments_before']} -> "
+                   f"{out['segments_after']}{freed}")

@@ -58,6 +58,7 @@ class RunSummary:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     report: str | None = None
     commits: int = 0
+    compacted: bool = False  # the run ended by merging its commits' segments into one
     seconds: float = 0.0
     model_seconds: float = 0.0  # main process: inside the forward passes
     wait_seconds: float = 0.0  # main process: waiting for decoded batches from the workers
@@ -150,12 +151,14 @@ def index_images(
     on_start: Callable[[int, int], None] | None = None,
     progress: Progress | None = None,
     decode_chunk: int | None = None,
+    compact: bool = True,
 ) -> RunSummary:
     """Embed every image under ``images`` with ``encoder`` into the index at ``out`` (created or resumed).
 
     ``on_start(total, already)`` is called once the files are listed; ``progress(n)``
     after each batch with the number of files handled. ``decode_chunk``: files a
-    worker decodes per task (default: ``batch_size``).
+    worker decodes per task (default: ``batch_size``). ``compact``: merge the
+    segments the chunked commits made into one at the end (:meth:`Index.compact`).
     """
     from torch.utils.data import DataLoader
 
@@ -216,6 +219,9 @@ def index_images(
         if ix.pending:
             ix.commit()
             summary.commits += 1
+        if compact and len(ix.manifest.candidates) > 1:
+            ix.compact()
+            summary.compacted = True
         summary.write_seconds += time.perf_counter() - tw
         rep.flush()
         summary.rows, summary.version = len(ix), ix.version

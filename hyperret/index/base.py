@@ -16,12 +16,14 @@ from ..search.presets import Preset
 from ..storage.fsutil import WriterLock
 from ..storage.manifest import FileEntry, Manifest
 from ..storage.snapshot import Snapshot
-from .lock import RWLock
 
 CANDIDATE_DIR = "faiss"
 INDEX_MODALITIES = ("image", "text", "mixed")
 #: Pending rows are written to a (not yet committed) shard once they reach this size.
 SPILL_BYTES = 256 << 20
+#: A commit grows the last candidate segment (on a copy) while it holds at most this many rows,
+#: else starts a new one: a commit indexes and writes at most this many rows plus its own.
+DEFAULT_SEGMENT_ROWS = 65_536
 #: Version manifests (and their files) a writer keeps after each commit; older ones are cleaned up.
 DEFAULT_KEEP_VERSIONS = 5
 
@@ -36,8 +38,9 @@ class IndexBase:
         self.path = path
         self._snap = snapshot
         self._lock = lock
-        self._rw = RWLock()  # searches vs. the snapshot swap (and in-place structure growth)
-        self._mutex = threading.RLock()  # the pending (uncommitted) rows
+        # The pending (uncommitted) rows and the writer's commits. Searches take no lock: each
+        # reads the snapshot current when it starts, and nothing changes a snapshot once made.
+        self._mutex = threading.RLock()
         self._pending: list[tuple[np.ndarray, np.ndarray, pa.Table | None]] = []
         self._pending_bytes = 0
         self._pending_files: list[FileEntry] = []
@@ -51,6 +54,8 @@ class IndexBase:
         self._bounds: tuple[dict[str, Any], Bounds] | None = None
         #: Newest versions a writer keeps after each commit (None: all, until cleanup()).
         self.keep_versions: int | None = DEFAULT_KEEP_VERSIONS
+        #: The largest segment a commit grows (see :data:`DEFAULT_SEGMENT_ROWS`); :meth:`compact` merges them.
+        self.segment_rows: int = DEFAULT_SEGMENT_ROWS
         if snapshot.manifest.bounds is not None:
             self.bounds  # noqa: B018 - a manifest's bounds are checked on open, not at the first search
 

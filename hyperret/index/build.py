@@ -112,7 +112,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
             advance(len(batch.vectors))
         if ix is None or (start == 0 and not append):
             raise InvalidInputError(f"{source} has no rows")
-        ix.commit(progress=stage("candidate structure", ix.pending + (len(ix) if append else 0)))
+        ix.commit(progress=stage("candidate structure", ix.pending))
         info = ix.info()
         ix.close()
         ix = None

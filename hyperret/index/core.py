@@ -17,7 +17,7 @@ from ..storage.fsutil import WriterLock, fsync_dir
 from ..storage.manifest import MANIFEST_NAME, new_manifest
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
-from ..storage.versions import commit_manifest, read_version
+from ..storage.versions import commit_manifest, read_latest, read_version
 from ..storage.versions import repair as repair_manifest
 from .base import DEFAULT_KEEP_VERSIONS, INDEX_MODALITIES
 from .build import remove_stale_partials
@@ -111,11 +111,11 @@ class Index(Maintains):
             return cls._open_version(path, version, writable)
         lock = None
         if writable:
-            Snapshot.open(path)  # a clear "no index" error before any lock file is made
+            read_latest(path)  # a clear "no index" error before any lock file is made
             lock = WriterLock(path)
             lock.acquire()
         try:
-            ix = cls(path, Snapshot.open(path, writable=writable), lock)
+            ix = cls(path, Snapshot.open(path), lock)
             ix.keep_versions = None if keep_versions is None else validate.integer(keep_versions, "keep_versions",
                                                                                        minimum=1)
             if writable:

@@ -12,8 +12,12 @@ import pyarrow as pa
 from .. import validate
 from ..errors import InvalidInputError
 from ..safety.bounds import Bounds
+from ..search.segments import Segments
+from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
-from ..storage.versions import list_versions, remove_versions
+from ..storage.versions import commit_manifest, list_versions, remove_versions
+from .base import Progress
+from .compaction import CompactionPlan, compaction_shard_rows, merged_structure, plan_compaction, write_compacted
 
 if TYPE_CHECKING:
     from ..dedup import DedupResult
@@ -60,12 +64,11 @@ class Maintains(Searches):
 
         if apply:
             self._check_can_apply()  # before the long run, not after it
-        with self._rw.read():
-            snap = self._snap
-            labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
-            result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
-                           grouping=grouping, keep=keep, method=method,
-                           candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
+        snap = self._snap
+        labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
+        result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
+                       grouping=grouping, keep=keep, method=method,
+                       candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
         result.summary["version"] = snap.manifest.version
         result.summary["applied"] = False
         if apply:
@@ -127,10 +130,9 @@ class Maintains(Searches):
         """Move a read-only handle to the newest committed snapshot; True if it changed."""
         if self.writable:
             return False
-        with self._rw.write():
-            new = Snapshot.open(self.path)
-            changed = new.manifest.version != self._snap.manifest.version
-            self._snap = new
+        new = Snapshot.open(self.path)  # searches go on with the old snapshot meanwhile
+        changed = new.manifest.version != self._snap.manifest.version
+        self._snap = new
         return changed
 
     def verify(self) -> None:
@@ -159,11 +161,66 @@ class Maintains(Searches):
             files, freed = self._collect_garbage(keep_all_versions=True)
         return {"versions": gone, "files": files, "bytes": freed}
 
+    # ----------------------------------------------------------- compaction
+    def compact(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Rewrite the shards without deleted rows, merge small shards and the segments into one; commit.
+
+        Crash-safe like a commit (new files, then the manifest swap), and searches
+        go on over the previous snapshot throughout. Where no row was deleted the
+        first segment grows by the rows after it; otherwise the structure is
+        rebuilt. The previous version's files go with old versions (cleanup).
+        ``progress(rows)``: rows indexed. Returns what changed: ``version``,
+        ``compacted``, ``rows_removed``, ``shards_before/after``,
+        ``segments_before/after``, ``bytes_before/after`` (the snapshot's files).
+        """
+        self._require_writable()
+        with self._mutex:
+            if self.pending or self._pending_files or self.pending_deletes or self._manifest_changes:
+                raise InvalidInputError("the index has uncommitted changes: commit or roll back before compacting")
+            old = self._snap
+            m = old.manifest
+            plan = plan_compaction(old.shards, old.deleted, compaction_shard_rows(self.dim))
+            out: dict[str, Any] = {"rows_removed": plan.dropped, "shards_before": len(m.shards),
+                                   "segments_before": len(m.candidates),
+                                   "bytes_before": sum(e.bytes for e in m.files_entries())}
+            if plan.rewrites or len(m.candidates) > 1 or m.deletions is not None:
+                try:
+                    self._snap = self._compacted_snapshot(old, plan, progress)
+                except BaseException:
+                    self._snap = Snapshot.open(self.path)  # resync: the swap may or may not have happened
+                    raise
+            m = self._snap.manifest
+            out.update(version=m.version, compacted=m.version != old.manifest.version, shards_after=len(m.shards),
+                       segments_after=len(m.candidates), bytes_after=sum(e.bytes for e in m.files_entries()))
+        self._collect_garbage()
+        return out
+
+    def _compacted_snapshot(self, old: Snapshot, plan: CompactionPlan, progress: Progress | None) -> Snapshot:
+        shards = write_compacted(self.path, old.shards, plan, tag=f"v{self.version + 1:06d}")
+        self._step("shards_written")
+        spaces = [s.space for s in shards]
+        shardset = ShardSet(spaces, self.dim)
+        parts = old.stage.parts if old.stage is not None else []
+        stages, cand = [p.stage for p in parts], old.manifest.candidates
+        if not shards:
+            stages, cand = [], ()
+        elif len(parts) > 1 or plan.dropped:
+            st = merged_structure(self.preset, [(p.stage, p.rows) for p in parts], spaces, self.dim, self.curv,
+                                  rows_changed=plan.dropped > 0, progress=progress)
+            stages, cand = [st], (self._write_candidates(st),)
+        self._step("candidates_written")
+        manifest = old.manifest.committed(shards=tuple(s.entry for s in shards), candidates=cand, deletions=None)
+        commit_manifest(self.path, manifest)
+        self._step("committed")
+        return Snapshot(self.path, manifest, shards, shardset,
+                        Segments(stages, shardset, self.curv) if stages else None)
+
     def info(self) -> dict[str, Any]:
         """A summary of the snapshot (what ``hyperret info --json`` prints)."""
         m = self.manifest
         shard_bytes = sum(s.bytes for s in m.shards)
-        cand_bytes = m.candidates.bytes if m.candidates else 0
+        cand_bytes = sum(c.bytes for c in m.candidates)
+        largest = max(m.candidates, key=lambda c: c.rows) if m.candidates else None
         return {
             "path": str(self.path),
             "version": m.version,
@@ -174,8 +231,9 @@ class Maintains(Searches):
             "curv": m.curv,
             "geometry": m.geometry,
             "preset": m.preset["name"],
-            "candidate_structure": m.candidates.factory if m.candidates else None,
-            "candidate_space": m.candidates.proxy if m.candidates else None,
+            "candidate_structure": largest.factory if largest else None,  # of the largest segment
+            "candidate_space": largest.proxy if largest else None,
+            "segments": len(m.candidates),
             "shards": len(m.shards),
             "shard_bytes": shard_bytes,
             "candidate_bytes": cand_bytes,

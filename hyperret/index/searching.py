@@ -69,31 +69,30 @@ class Searches(Writes):
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         override = as_bounds(bounds)
         dedup_radius = self._search_dedup_radius(dedup)
-        with self._rw.read():
-            snap = self._snap
-            b = override if override is not None else self.bounds
-            plan = make_plan(q, curv=self.curv, policy=policy, modality=modality, index_modality=self.modality,
-                             bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
-                             target=target)
-            labels = None
-            if b is not None:
-                unlabelled = [m for m in self._row_modalities() if not b.can_classify(m)]
-                if not unlabelled:
-                    labels = snap.unsafe_rows(override)
-                elif len(plan.filtered):  # HySAC's minimal bounds redirect, but cannot label rows
-                    b.threshold(unlabelled[0], why=f"policy 'filter' (labelling the {unlabelled[0]} rows)")
-            if candidates is not None and candidates < k:
-                raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
-            if dedup_radius is None:
-                rows, dist = ranked(snap, plan, labels, int(k), candidates, self.curv)
-            else:
-                rows, dist = deduplicated(snap, plan, labels, int(k), candidates, self.curv, dedup_radius)
-            exact = snap.stage.is_exhaustive if snap.stage is not None else True
-            for p, r in zip(plan.plans, rows):
-                p.returned = int(np.count_nonzero(r >= 0))
-            hit_unsafe = None
-            if labels is not None:
-                hit_unsafe = np.where(rows >= 0, labels[np.maximum(rows, 0)] if len(labels) else False, False)
+        snap = self._snap
+        b = override if override is not None else self.bounds
+        plan = make_plan(q, curv=self.curv, policy=policy, modality=modality, index_modality=self.modality,
+                         bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
+                         target=target)
+        labels = None
+        if b is not None:
+            unlabelled = [m for m in self._row_modalities() if not b.can_classify(m)]
+            if not unlabelled:
+                labels = snap.unsafe_rows(override)
+            elif len(plan.filtered):  # HySAC's minimal bounds redirect, but cannot label rows
+                b.threshold(unlabelled[0], why=f"policy 'filter' (labelling the {unlabelled[0]} rows)")
+        if candidates is not None and candidates < k:
+            raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
+        if dedup_radius is None:
+            rows, dist = ranked(snap, plan, labels, int(k), candidates, self.curv)
+        else:
+            rows, dist = deduplicated(snap, plan, labels, int(k), candidates, self.curv, dedup_radius)
+        exact = snap.stage.is_exhaustive if snap.stage is not None else True
+        for p, r in zip(plan.plans, rows):
+            p.returned = int(np.count_nonzero(r >= 0))
+        hit_unsafe = None
+        if labels is not None:
+            hit_unsafe = np.where(rows >= 0, labels[np.maximum(rows, 0)] if len(labels) else False, False)
         if self.geometry == "cosine":
             dist = cosine_distance(dist)
         return SearchResult(

@@ -16,6 +16,7 @@ from ..safety.bounds import MODALITIES
 from ..safety.classify import classify_radius
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
+from ..search.segments import Segments
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
 from ..storage.manifest import MANIFEST_NAME, CandidateEntry
@@ -193,52 +194,51 @@ class Writes(IndexBase):
     def commit(self, progress: Progress | None = None) -> int:
         """Make every added row durable and searchable; returns the new snapshot version.
 
-        Atomic: the new shards and candidate structure are written and fsync'd
-        before the manifest is swapped in; a crash at any instant leaves the last
-        committed snapshot readable and whole.
+        Atomic: the new shards and candidate segment are written and fsync'd before
+        the manifest is swapped in; a crash at any instant leaves the last committed
+        snapshot readable and whole. Searches never wait: they read the previous
+        snapshot, which nothing changes, until the new one is swapped in.
         """
         self._require_writable()
         with self._mutex:
             if not (self._pending or self._pending_files or len(self._pending_deletes) or self._manifest_changes):
                 return self.version
             self._spill()  # durable but unreferenced: searches go on meanwhile
-            with self._rw.write():
-                old = self._snap
-                try:
-                    self._snap = self._commit_locked(old, progress)
-                except BaseException:
-                    # Resync with the disk: drop in-memory growth, and if the manifest swap
-                    # did happen, the pending rows are committed and must not be added again.
-                    self._snap = Snapshot.open(self.path, writable=True)
-                    if self._snap.manifest.version != old.manifest.version:
-                        self._pending_files.clear()
-                        self._pending_ids.clear()
-                        self._pending_deletes = np.zeros(0, dtype=np.int64)
-                    raise
-            self._pending_files.clear()
-            self._pending_ids.clear()
-            self._pending_deletes = np.zeros(0, dtype=np.int64)
-            self._manifest_changes = {}
+            old = self._snap
+            try:
+                new = self._committed_snapshot(old, progress)
+            except BaseException:
+                # Resync with the disk; if the manifest swap did happen, the pending rows are
+                # committed and must not be added again.
+                self._snap = Snapshot.open(self.path)
+                if self._snap.manifest.version != old.manifest.version:
+                    self._clear_pending()
+                raise
+            self._snap = new  # one reference swap: a search holds the snapshot it started with
+            self._clear_pending()
         self._collect_garbage()
         return self.version
 
-    def _commit_locked(self, old: Snapshot, progress: Progress | None) -> Snapshot:
+    def _clear_pending(self) -> None:
+        self._pending_files.clear()
+        self._pending_ids.clear()
+        self._pending_deletes = np.zeros(0, dtype=np.int64)
+        self._manifest_changes = {}
+
+    def _committed_snapshot(self, old: Snapshot, progress: Progress | None) -> Snapshot:
+        """Write what the pending changes add (shards, a segment, a deletion file), then the manifest."""
         new_shards = [Shard.open(self.path, e, self.dim) for e in self._pending_files]
         if new_shards:
             fsync_dir(self.path / SHARD_DIR)
         self._step("shards_written")
         shards = old.shards + new_shards
-        spaces_new = [s.space for s in new_shards]
-        stage = old.stage
+        stages = [p.stage for p in old.stage.parts] if old.stage is not None else []
         cand = old.manifest.candidates
         if new_shards:
-            if stage is None or not stage.try_extend(spaces_new, progress):
-                if progress is not None and stage is not None:
-                    progress(-stage.rows)  # rebuilding: rows counted again
-                stage = CandidateStage.build(
-                    Preset.from_dict(old.manifest.preset), [s.space for s in shards], self.dim, self.curv, progress
-                )
-            cand = self._write_candidates(stage)
+            st, replaced = self._grown_segments(old, [s.space for s in new_shards], progress)
+            entry = self._write_candidates(st)
+            stages = stages[: len(stages) - replaced] + [st]
+            cand = cand[: len(cand) - replaced] + (entry,)
         self._step("candidates_written")
         deletions, deleted = old.manifest.deletions, old.deleted
         if len(self._pending_deletes):
@@ -248,8 +248,9 @@ class Writes(IndexBase):
             deleted = np.zeros(old.rows, dtype=np.bool_)
             deleted[rows] = True
             self._step("deletions_written")
-        if deleted is not None and len(deleted) < old.rows + sum(len(s) for s in new_shards):
-            deleted = np.concatenate([deleted, np.zeros(sum(len(s) for s in new_shards), np.bool_)])
+        added = sum(len(s) for s in new_shards)
+        if deleted is not None and len(deleted) < old.rows + added:
+            deleted = np.concatenate([deleted, np.zeros(added, np.bool_)])
         meta_cols = dict(old.manifest.metadata_columns)
         for s in new_shards:
             for f in s.table.schema:
@@ -261,8 +262,25 @@ class Writes(IndexBase):
         )
         commit_manifest(self.path, manifest)
         self._step("committed")
-        return Snapshot(self.path, manifest, shards, ShardSet([s.space for s in shards], self.dim), stage,
+        shardset = ShardSet([s.space for s in shards], self.dim)
+        return Snapshot(self.path, manifest, shards, shardset, Segments(stages, shardset, self.curv),
                         deleted=deleted)
+
+    def _grown_segments(self, old: Snapshot, new: list[np.ndarray],
+                        progress: Progress | None) -> tuple[CandidateStage, int]:
+        """The segment that indexes the ``new`` rows, and how many of the last segments it replaces (0 or 1).
+
+        The last segment grows (on a copy) while it stays within :attr:`segment_rows`;
+        otherwise the new rows get a segment of their own. Either way a commit
+        indexes and writes at most ``segment_rows`` rows plus its own.
+        """
+        n_new = sum(len(s) for s in new)
+        last = old.stage.parts[-1] if old.stage is not None else None
+        if last is not None and last.rows + n_new <= self.segment_rows:
+            window = old.shardset.window(last.start, last.rows)
+            return last.stage.grown(window.arrays, new, progress), 1
+        preset = Preset.from_dict(old.manifest.preset)
+        return CandidateStage.build(preset, new, self.dim, self.curv, progress), 0
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
         name = f"v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"

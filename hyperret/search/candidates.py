@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,28 @@ class CandidateStage:
         self._add(spaces, progress)
         return True
 
+    def grown(self, spaces: Sequence[np.ndarray], new: Sequence[np.ndarray],
+              progress: Progress | None = None) -> CandidateStage:
+        """A new structure over this one's rows ``spaces`` followed by the rows ``new``; this one is untouched.
+
+        Searches may be reading this structure, so it grows a copy (a saved graph
+        becomes a growable FAISS graph again); where the copy cannot grow (see
+        :meth:`try_extend`), or is a flat scan (cheaper to refill than to copy), it
+        is a rebuild over both.
+        """
+        if self.factory != "Flat":
+            copy = replace(self, index=None)
+            if self.index is None:  # a saved graph, opened read-only: its proxy vectors are recomputed
+                copy._graph = self._current_graph()
+                copy._rebuild_index(spaces)
+            else:
+                copy.index = faiss.clone_index(self.index)
+            if copy.try_extend(new, progress):
+                return copy
+        if progress is not None:
+            progress(-sum(len(s) for s in spaces))  # rebuilding: these rows are counted again
+        return CandidateStage.build(self.preset, [*spaces, *new], self.dim, self.curv, progress)
+
     def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
         self._graph = None  # the graph's arrays may move when it grows
         for xb in self._proxy_chunks(spaces, self.index.d):
@@ -202,8 +224,8 @@ class CandidateStage:
 
     @classmethod
     def load(cls, path: Path, preset: Preset, factory: str, proxy: str, state: State, dim: int, curv: float,
-             trained_rows: int, *, spaces: Sequence[np.ndarray] = (), writable: bool = False) -> CandidateStage:
-        """Read a saved structure (``spaces``: the snapshot's rows, for a writer of a graph)."""
+             trained_rows: int) -> CandidateStage:
+        """Read a saved structure, for searching (:meth:`grown` makes a copy that grows)."""
         if not path.exists():
             raise FileNotFoundError(2, "candidate structure missing", str(path))
         if proxy not in PROXIES:
@@ -217,10 +239,8 @@ class CandidateStage:
                 stage._graph = graph.Graph.from_arrays(arrays, meta)
             except ValueError as e:
                 raise IndexCorruptError(f"candidate graph {path.name} is malformed: {e}") from None
-            if writable:
-                stage._rebuild_index(spaces)
             return stage
-        flags = _IO_FLAGS if factory == "Flat" and not writable else 0  # a mapped index cannot grow
+        flags = _IO_FLAGS if factory == "Flat" else 0  # mapped: a flat scan is refilled, never grown
         try:
             stage.index = faiss.read_index(str(path), flags)
         except RuntimeError as e:

@@ -19,8 +19,9 @@ from .fsutil import atomic_write_bytes
 from .paths import check_relative, regular_file
 
 FORMAT_NAME = "hyperret.index"
-#: 2: safety bounds and collection modality; 3: deletion files, dedup record; 4: versions/, confined paths.
-FORMAT_VERSION = 4
+#: 2: safety bounds and collection modality; 3: deletion files, dedup record; 4: versions/, confined paths;
+#: 5: the candidate structure is a list of segments (one per row range, in row order).
+FORMAT_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 #: Largest vector dimension a manifest may declare (CLIP models use 512 to 1280).
 MAX_DIM = 1 << 16
@@ -41,12 +42,16 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class CandidateEntry:
-    """The FAISS candidate structure of a snapshot and what it was built from."""
+    """One segment of a snapshot's candidate structure and what it was built from.
+
+    The segments tile the stored rows in order: segment ``i`` covers the ``rows``
+    rows after those of segments ``0..i-1``.
+    """
 
     file: str
     bytes: int
     sha256: str
-    rows: int  # rows of the snapshot the structure covers (all of them)
+    rows: int  # stored rows the segment covers
     factory: str  # the FAISS factory string actually built
     proxy: str  # name of the candidate space (see hyperret.search.candidates.proxies)
     proxy_state: dict[str, float] = field(default_factory=dict)
@@ -64,7 +69,7 @@ class Manifest:
     geometry: str = "lorentz"  # or "cosine": unit vectors of a Euclidean CLIP (hyperret.geometry.cosine)
     producer: dict[str, Any] = field(default_factory=dict)
     shards: tuple[FileEntry, ...] = ()
-    candidates: CandidateEntry | None = None
+    candidates: tuple[CandidateEntry, ...] = ()  # the segments, in row order
     next_id: int = 0
     metadata_columns: dict[str, str] = field(default_factory=dict)  # name -> Arrow type string
     modality: str = "image"  # what the rows are: image, text, or mixed (a per-row modality column)
@@ -96,9 +101,7 @@ class Manifest:
 
     def files_entries(self) -> list[FileEntry | CandidateEntry]:
         """The entries (file, bytes, checksum) of every file this snapshot references."""
-        out: list[FileEntry | CandidateEntry] = list(self.shards)
-        if self.candidates is not None:
-            out.append(self.candidates)
+        out: list[FileEntry | CandidateEntry] = [*self.shards, *self.candidates]
         if self.deletions is not None:
             out.append(self.deletions)
         return out
@@ -128,11 +131,14 @@ class Manifest:
         try:
             d.pop("rows", None)
             d["shards"] = tuple(_file_entry(s, "shards", where) for s in _list(d.get("shards", []), "shards"))
-            if d.get("candidates") is not None:
-                c = d["candidates"]
-                if not isinstance(c, dict):
-                    raise ValueError("candidates is not an object")
-                d["candidates"] = CandidateEntry(**c)
+            c = d.get("candidates")
+            if c is None:
+                c = []
+            elif isinstance(c, dict) and fv < 5:  # formats 1-4: one structure over every row
+                c = [c]
+            if not all(isinstance(e, dict) for e in _list(c, "candidates")):
+                raise ValueError("a candidates entry is not an object")
+            d["candidates"] = tuple(CandidateEntry(**e) for e in c)
             if d.get("deletions") is not None:
                 d["deletions"] = _file_entry(d["deletions"], "deletions", where)
             m = cls(**d)
@@ -167,17 +173,19 @@ class Manifest:
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
                 raise bad(name, "must be an object")
-        c = self.candidates
-        if c is not None:
+        for c in self.candidates:
             if check_relative(c.file, "candidate structure")[0] != "faiss":
                 raise bad("candidates", f"names {c.file!r} outside faiss/")
-            for f in ("bytes", "rows", "trained_rows"):
-                if not _is_int(getattr(c, f)) or getattr(c, f) < 0:
-                    raise bad(f"candidates.{f}", "must be an integer >= 0")
+            for f, least in (("bytes", 0), ("rows", 1), ("trained_rows", 0)):
+                if not _is_int(getattr(c, f)) or getattr(c, f) < least:
+                    raise bad(f"candidates.{f}", f"must be an integer >= {least}")
             if not _is_sha(c.sha256) or not isinstance(c.factory, str) or not isinstance(c.proxy, str):
                 raise bad("candidates", "has a malformed checksum, factory or proxy")
             if not isinstance(c.proxy_state, dict) or not all(_is_number(v) for v in c.proxy_state.values()):
                 raise bad("candidates.proxy_state", "must map names to finite numbers")
+        covered = sum(c.rows for c in self.candidates)
+        if covered != self.stored_rows:
+            raise bad("candidates", f"cover {covered} rows, the shards hold {self.stored_rows}")
         if self.deletions is not None and self.deletions.rows > self.stored_rows:
             raise bad("deletions", f"lists {self.deletions.rows} rows of {self.stored_rows}")
 

@@ -43,3 +43,15 @@ class ShardSet:
         """Space components of global row ``g`` -> ``(dim,)`` float32 (a view)."""
         s = int(np.searchsorted(self.offsets, g, side="right") - 1)
         return self.arrays[s][g - self.offsets[s]]
+
+    def window(self, start: int, rows: int) -> ShardSet:
+        """Rows ``start .. start + rows`` as a set of their own (row ``start`` becomes row 0); views, no copy."""
+        if start == 0 and rows == self.rows:
+            return self
+        end = start + rows
+        parts = []
+        for a, lo in zip(self.arrays, self.offsets[:-1]):
+            hi = int(lo) + a.shape[0]
+            if hi > start and lo < end:
+                parts.append(a[max(start - int(lo), 0) : min(end, hi) - int(lo)])
+        return ShardSet(parts, self.dim)

@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..errors import IndexCorruptError
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
+from ..search.segments import Segments
 from .deletions import read_deletions
 from .manifest import Manifest
 from .paths import index_file
@@ -30,7 +31,7 @@ class Snapshot:
     manifest: Manifest
     shards: list[Shard]
     shardset: ShardSet
-    stage: CandidateStage | None
+    stage: Segments | None  # the candidate stage (None: no rows)
     #: Per stored row, True where the row was deleted; ``None`` when nothing was.
     deleted: np.ndarray | None = None
     _id_lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
@@ -38,37 +39,35 @@ class Snapshot:
     _skip: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, path: Path, *, writable: bool = False) -> Snapshot:
+    def open(cls, path: Path) -> Snapshot:
         """Open the committed snapshot; retries if a concurrent commit removed a file."""
         for _ in range(_OPEN_RETRIES):
             manifest = read_latest(path)
             try:
-                return cls.load(path, manifest, writable=writable)
+                return cls.load(path, manifest)
             except FileNotFoundError as e:
                 if read_latest(path).version == manifest.version:
                     raise IndexCorruptError(f"index {path}: committed file missing: {e.filename}") from e
         raise IndexCorruptError(f"index {path} changed {_OPEN_RETRIES} times while opening")
 
     @classmethod
-    def load(cls, path: Path, manifest: Manifest, *, writable: bool = False) -> Snapshot:
+    def load(cls, path: Path, manifest: Manifest) -> Snapshot:
         for e in manifest.files_entries():  # the cheap check: each file is ours and of its recorded size
             size = index_file(path, e.file).stat().st_size
             if size != e.bytes:
                 raise IndexCorruptError(f"index {path}: {e.file} has {size} bytes, the manifest says {e.bytes}")
         shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
-        stage = None
-        c = manifest.candidates
-        if c is not None:
-            stage = CandidateStage.load(
-                index_file(path, c.file, "candidate structure"), Preset.from_dict(manifest.preset), c.factory,
-                c.proxy, c.proxy_state, manifest.dim, manifest.curv, c.trained_rows, spaces=[s.space for s in shards],
-                writable=writable,
-            )
-            if stage.rows != manifest.stored_rows:
-                raise IndexCorruptError(
-                    f"candidate structure covers {stage.rows} rows, the snapshot has {manifest.stored_rows}"
-                )
         shardset = ShardSet([s.space for s in shards], manifest.dim)
+        preset = Preset.from_dict(manifest.preset)
+        stages = []
+        for c in manifest.candidates:
+            st = CandidateStage.load(index_file(path, c.file, "candidate structure"), preset, c.factory, c.proxy,
+                                     c.proxy_state, manifest.dim, manifest.curv, c.trained_rows)
+            if st.rows != c.rows:
+                raise IndexCorruptError(f"candidate structure {c.file} covers {st.rows} rows, "
+                                        f"the manifest says {c.rows}")
+            stages.append(st)
+        stage = Segments(stages, shardset, manifest.curv) if stages else None
         deleted = None
         if manifest.deletions is not None:
             deleted = read_deletions(path, manifest.deletions, shardset.rows)
