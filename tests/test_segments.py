@@ -207,3 +207,21 @@ def test_a_reader_refreshes_while_the_writer_commits(tmp_path):
     assert not errors
     r.refresh()
     assert len(r) == 600
+
+
+def test_a_tail_segment_gets_the_preset_structure_early(tmp_path):
+    """A small index is a flat scan (exact); a small tail of a larger one is a graph from 1,024 rows on."""
+    w = hyperret.Index.create(tmp_path / "ix", dim=DIM, preset="fast")  # min_rows 10,000
+    w.segment_rows = 2000
+    w.add(_rows(2000, 11))
+    w.commit()
+    w.add(_rows(500, 12))
+    w.commit()
+    assert [(c.rows, c.factory) for c in w.manifest.candidates] == [(2000, "Flat"), (500, "Flat")]
+    w.close()
+    w = hyperret.Index.open(tmp_path / "ix", writable=True)  # the rule holds for a reopened segment too
+    w.segment_rows = 2000
+    w.add(_rows(600, 13))
+    w.commit()
+    assert [(c.rows, c.factory) for c in w.manifest.candidates] == [(2000, "Flat"), (1100, "HNSW32")]
+    assert w.search(_rows(3, 13)[:3] + 1e-4, k=1).ids[:, 0].tolist() == [2500, 2501, 2502]

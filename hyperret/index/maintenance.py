@@ -15,7 +15,7 @@ from ..safety.bounds import Bounds
 from ..search.segments import Segments
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
-from ..storage.versions import commit_manifest, list_versions, remove_versions
+from ..storage.versions import commit_manifest, list_versions, read_latest, remove_versions
 from .base import Progress
 from .compaction import CompactionPlan, compaction_shard_rows, merged_structure, plan_compaction, write_compacted
 
@@ -130,10 +130,10 @@ class Maintains(Searches):
         """Move a read-only handle to the newest committed snapshot; True if it changed."""
         if self.writable:
             return False
-        new = Snapshot.open(self.path)  # searches go on with the old snapshot meanwhile
-        changed = new.manifest.version != self._snap.manifest.version
-        self._snap = new
-        return changed
+        if read_latest(self.path).version == self._snap.manifest.version:
+            return False  # one small file read: nothing committed since
+        self._snap = Snapshot.open(self.path)  # searches go on with the old snapshot meanwhile
+        return True
 
     def verify(self) -> None:
         """Check every committed file against its manifest checksum (reads every byte)."""

@@ -16,7 +16,7 @@ from ..safety.bounds import MODALITIES
 from ..safety.classify import classify_radius
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
-from ..search.segments import Segments
+from ..search.segments import Segments, tail_min_rows
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
 from ..storage.manifest import MANIFEST_NAME, CandidateEntry
@@ -280,7 +280,8 @@ class Writes(IndexBase):
             window = old.shardset.window(last.start, last.rows)
             return last.stage.grown(window.arrays, new, progress), 1
         preset = Preset.from_dict(old.manifest.preset)
-        return CandidateStage.build(preset, new, self.dim, self.curv, progress), 0
+        floor = tail_min_rows(preset) if last is not None else None
+        return CandidateStage.build(preset, new, self.dim, self.curv, progress, floor), 0
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
         name = f"v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"

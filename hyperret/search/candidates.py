@@ -44,6 +44,8 @@ class CandidateStage:
     curv: float
     trained_rows: int = 0
     proxy_name: str = ""  # the space actually indexed; "" = the preset's
+    #: Below this many rows the structure is a flat scan (None: the preset's ``min_rows``).
+    min_rows: int | None = None
     _graph: graph.Graph | None = field(default=None, init=False, repr=False)  # views of the HNSW arrays
     _kind_cache: str | None = field(default=None, init=False, repr=False)
 
@@ -74,17 +76,21 @@ class CandidateStage:
         dim: int,
         curv: float,
         progress: Progress | None = None,
+        min_rows: int | None = None,
     ) -> CandidateStage:
-        """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``)."""
+        """Train (if needed) and fill a structure over all rows of ``spaces`` (each ``(n_i, dim)``).
+
+        ``min_rows``: below this many rows, a flat scan (None: the preset's).
+        """
         n = sum(len(s) for s in spaces)
-        factory = _factory_for(preset, n, _preset_dim(preset, dim))
+        factory = _factory_for(preset, n, _preset_dim(preset, dim), min_rows)
         # Below min_rows the fallback is a flat scan: of the exact reduction, so it is exact.
         proxy = PROXIES["ip" if factory == "Flat" and preset.factory != "Flat" else preset.proxy]
         state = _merged_state(proxy, spaces, curv)
         d = padded_dim(dim, proxy, preset.pad_to)
         index = _new_index(preset, proxy, d, factory)
         stage = cls(index=index, preset=preset, factory=factory, state=state, dim=dim, curv=curv,
-                    proxy_name=proxy.name)
+                    proxy_name=proxy.name, min_rows=min_rows)
         if not index.is_trained:
             sample = _sample_rows(spaces, preset.train_rows)
             if stage._lorentz_ivf:
@@ -108,7 +114,7 @@ class CandidateStage:
             return False  # e.g. the MIPS reduction's M no longer bounds every norm
         if self.trained_rows and total > self.preset.rebuild_growth * self.trained_rows:
             return False  # the trained quantiser no longer represents the data
-        if self.factory != _factory_for(self.preset, total, _preset_dim(self.preset, self.dim)):
+        if self.factory != _factory_for(self.preset, total, _preset_dim(self.preset, self.dim), self.min_rows):
             return False  # grew past min_rows, or nlist is due to change
         self._add(spaces, progress)
         return True
@@ -133,7 +139,7 @@ class CandidateStage:
                 return copy
         if progress is not None:
             progress(-sum(len(s) for s in spaces))  # rebuilding: these rows are counted again
-        return CandidateStage.build(self.preset, [*spaces, *new], self.dim, self.curv, progress)
+        return CandidateStage.build(self.preset, [*spaces, *new], self.dim, self.curv, progress, self.min_rows)
 
     def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
         self._graph = None  # the graph's arrays may move when it grows
@@ -331,8 +337,8 @@ def _hnsw(index: faiss.Index):
     return getattr(idx, "hnsw", None)
 
 
-def _factory_for(preset: Preset, n: int, d: int) -> str:
-    if n < max(1, preset.min_rows):
+def _factory_for(preset: Preset, n: int, d: int, min_rows: int | None = None) -> str:
+    if n < max(1, preset.min_rows if min_rows is None else min_rows):
         return "Flat"
     nlist = preset.nlist or _auto_nlist(n)
     pq_m = d // max(1, preset.pq_sub)

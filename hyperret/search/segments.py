@@ -19,6 +19,16 @@ from .candidates import CandidateStage
 from .presets import Preset
 from .rerank import rerank
 
+#: Segments after the first are flat scans only below this many rows (or the preset's
+#: ``min_rows``, if smaller): a small index is exact, but a small tail of a large one
+#: gets the preset's structure early, so growing it never means one large rebuild.
+TAIL_MIN_ROWS = 1024
+
+
+def tail_min_rows(preset: Preset) -> int:
+    """The ``min_rows`` of a segment that is not the first."""
+    return min(preset.min_rows, TAIL_MIN_ROWS)
+
 
 @dataclass
 class Segment:

@@ -12,7 +12,7 @@ import pyarrow as pa
 from ..errors import IndexCorruptError
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
-from ..search.segments import Segments
+from ..search.segments import Segments, tail_min_rows
 from .deletions import read_deletions
 from .manifest import Manifest
 from .paths import index_file
@@ -59,10 +59,12 @@ class Snapshot:
         shards = [Shard.open(path, e, manifest.dim) for e in manifest.shards]
         shardset = ShardSet([s.space for s in shards], manifest.dim)
         preset = Preset.from_dict(manifest.preset)
-        stages = []
+        stages: list[CandidateStage] = []
         for c in manifest.candidates:
             st = CandidateStage.load(index_file(path, c.file, "candidate structure"), preset, c.factory, c.proxy,
                                      c.proxy_state, manifest.dim, manifest.curv, c.trained_rows)
+            if stages:
+                st.min_rows = tail_min_rows(preset)
             if st.rows != c.rows:
                 raise IndexCorruptError(f"candidate structure {c.file} covers {st.rows} rows, "
                                         f"the manifest says {c.rows}")
