@@ -225,3 +225,17 @@ def test_a_tail_segment_gets_the_preset_structure_early(tmp_path):
     w.commit()
     assert [(c.rows, c.factory) for c in w.manifest.candidates] == [(2000, "Flat"), (1100, "HNSW32")]
     assert w.search(_rows(3, 13)[:3] + 1e-4, k=1).ids[:, 0].tolist() == [2500, 2501, 2502]
+
+
+def test_a_full_segment_is_kept_as_its_saved_graph(tmp_path, graph_preset):
+    """A segment no commit will grow is held as readers hold it (mapped arrays), not as the FAISS graph."""
+    w = hyperret.Index.create(tmp_path / "ix", dim=DIM, preset=graph_preset)
+    w.segment_rows = 1000
+    x = _rows(1500, 14)
+    w.add(x[:1000])
+    w.commit()
+    w.add(x[1000:])
+    w.commit()
+    full, tail = w._snap.stage.parts
+    assert full.stage.index is None and tail.stage.index is not None  # the tail may still grow
+    assert w.search(x[[5, 1200]] + 1e-4, k=1).ids[:, 0].tolist() == [5, 1200]

@@ -307,15 +307,21 @@ class Searcher(threading.Thread):
                     self.errors.append((t, f"refresh: {type(e).__name__}: {e}"))
 
 
+def fresh_index(spec: dict[str, Any], name: str) -> tuple[np.ndarray, Path, Any, float]:
+    """The data, and a new ``spec["n"]``-row index built from it under ``work/NAME-N``: (x, path, writer, build s)."""
+    x = np.load(spec["data"], mmap_mode="r")
+    path = Path(spec["work"]) / f"{name}-{spec['n']}"
+    shutil.rmtree(path, ignore_errors=True)
+    w, build_s = build_index(path, x, spec["n"], spec["dim"], spec["preset"])
+    return x, path, w, build_s
+
+
 def worker_readers(spec: dict[str, Any]) -> dict[str, Any]:
     """Search latencies of a read-only handle and of the writer's handle while the writer idles, appends, compacts."""
     import hyperret
 
     n, dim, batch = spec["n"], spec["dim"], spec["batch"]
-    x = np.load(spec["data"], mmap_mode="r")
-    path = Path(spec["work"]) / f"readers-{n}"
-    shutil.rmtree(path, ignore_errors=True)
-    w, build_s = build_index(path, x, n, dim, spec["preset"])
+    x, path, w, build_s = fresh_index(spec, "readers")
     r = hyperret.Index.open(path)
     q = make_queries(256, dim)
     for h in (r, w):  # warm (Numba kernels, page cache)
@@ -399,10 +405,7 @@ def worker_compact(spec: dict[str, Any]) -> dict[str, Any]:
     import hyperret
 
     n, dim, batch = spec["n"], spec["dim"], spec["batch"]
-    x = np.load(spec["data"], mmap_mode="r")
-    path = Path(spec["work"]) / f"compact-{n}"
-    shutil.rmtree(path, ignore_errors=True)
-    w, build_s = build_index(path, x, n, dim, spec["preset"])
+    x, path, w, build_s = fresh_index(spec, "compact")
     append_s = [append(w, x, n + i * batch, batch) for i in range(spec["appends"])]
     ids = w.ids()
     gone = np.random.default_rng(7).choice(ids, len(ids) // 10, replace=False)

@@ -207,7 +207,8 @@ class Maintains(Searches):
         elif len(parts) > 1 or plan.dropped:
             st = merged_structure(self.preset, [(p.stage, p.rows) for p in parts], spaces, self.dim, self.curv,
                                   rows_changed=plan.dropped > 0, progress=progress)
-            stages, cand = [st], (self._write_candidates(st),)
+            entry = self._write_candidates(st)
+            stages, cand = [self._settled(st, entry)], (entry,)
         self._step("candidates_written")
         manifest = old.manifest.committed(shards=tuple(s.entry for s in shards), candidates=cand, deletions=None)
         commit_manifest(self.path, manifest)

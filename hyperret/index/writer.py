@@ -20,7 +20,7 @@ from ..search.segments import Segments, tail_min_rows
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
 from ..storage.manifest import MANIFEST_NAME, CandidateEntry
-from ..storage.paths import own_dir
+from ..storage.paths import index_file, own_dir
 from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
@@ -237,6 +237,7 @@ class Writes(IndexBase):
         if new_shards:
             st, replaced = self._grown_segments(old, [s.space for s in new_shards], progress)
             entry = self._write_candidates(st)
+            st = self._settled(st, entry)
             stages = stages[: len(stages) - replaced] + [st]
             cand = cand[: len(cand) - replaced] + (entry,)
         self._step("candidates_written")
@@ -282,6 +283,20 @@ class Writes(IndexBase):
         preset = Preset.from_dict(old.manifest.preset)
         floor = tail_min_rows(preset) if last is not None else None
         return CandidateStage.build(preset, new, self.dim, self.curv, progress, floor), 0
+
+    def _settled(self, st: CandidateStage, entry: CandidateEntry) -> CandidateStage:
+        """``st`` as searches keep it once no commit will grow it (``segment_rows`` or more rows).
+
+        A Lorentz-walked graph is then its saved arrays, mapped from disk, instead of the
+        FAISS graph that built it with its proxy vectors (as many bytes as the rows).
+        """
+        if st.rows < self.segment_rows or not st.navigates_lorentz:
+            return st
+        saved = CandidateStage.load(index_file(self.path, entry.file, "candidate structure"), st.preset,
+                                    entry.factory, entry.proxy, entry.proxy_state, self.dim, self.curv,
+                                    entry.trained_rows)
+        saved.min_rows = st.min_rows
+        return saved
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
         name = f"v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"
