@@ -8,7 +8,6 @@ cleaned up (``keep_versions`` after each commit, or :meth:`Index.cleanup`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,9 @@ from ..search.presets import Preset
 from ..storage.fsutil import fsync_dir
 from ..storage.manifest import FileEntry
 from ..storage.shards import SHARD_DIR, Shard, write_shard
+from ..storage.shardset import ShardSet
+from .base import Progress
 
-Progress = Callable[[int], None]
 #: Bytes of vectors in a shard compaction writes (as many as a spill of pending rows).
 SHARD_BYTES = 256 << 20
 
@@ -109,29 +109,15 @@ def write_compacted(path: Path, shards: list[Shard], plan: CompactionPlan, tag: 
     return out
 
 
-def merged_structure(preset: Preset, segments: list[tuple[CandidateStage, int]], spaces: list[np.ndarray],
-                     dim: int, curv: float, rows_changed: bool, progress: Progress | None) -> CandidateStage:
-    """One structure over every row of ``spaces``.
+def merged_structure(preset: Preset, first: CandidateStage | None, shards: ShardSet, curv: float,
+                     rows_changed: bool, progress: Progress | None) -> CandidateStage:
+    """One structure over every row of ``shards``.
 
-    ``segments``: the old ``(stage, rows)`` in order. Where no row changed its
-    number, the first segment grows with the rows after it (only those are
-    indexed); otherwise the structure is built anew.
+    ``first``: the old first segment. Where no row changed its number, it grows
+    with the rows after it (only those are indexed); otherwise the structure is
+    built anew.
     """
-    if rows_changed or not segments:
-        return CandidateStage.build(preset, spaces, dim, curv, progress)
-    first, n_first = segments[0]
-    head, tail = _split(spaces, n_first)
-    return first.grown(head, tail, progress)
-
-
-def _split(spaces: list[np.ndarray], n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``spaces`` cut after the first ``n`` rows (views)."""
-    head, tail, seen = [], [], 0
-    for s in spaces:
-        take = min(max(n - seen, 0), len(s))
-        if take:
-            head.append(s[:take])
-        if take < len(s):
-            tail.append(s[take:])
-        seen += len(s)
-    return head, tail
+    if rows_changed or first is None:
+        return CandidateStage.build(preset, shards.arrays, shards.dim, curv, progress)
+    head, tail = shards.window(0, first.rows), shards.window(first.rows, shards.rows - first.rows)
+    return first.grown(head.arrays, tail.arrays, progress)

@@ -175,7 +175,7 @@ class Maintains(Searches):
         """
         self._require_writable()
         with self._mutex:
-            if self.pending or self._pending_files or self.pending_deletes or self._manifest_changes:
+            if self._uncommitted():
                 raise InvalidInputError("the index has uncommitted changes: commit or roll back before compacting")
             old = self._snap
             m = old.manifest
@@ -198,14 +198,13 @@ class Maintains(Searches):
     def _compacted_snapshot(self, old: Snapshot, plan: CompactionPlan, progress: Progress | None) -> Snapshot:
         shards = write_compacted(self.path, old.shards, plan, tag=f"v{self.version + 1:06d}")
         self._step("shards_written")
-        spaces = [s.space for s in shards]
-        shardset = ShardSet(spaces, self.dim)
+        shardset = ShardSet([s.space for s in shards], self.dim)
         parts = old.stage.parts if old.stage is not None else []
         stages, cand = [p.stage for p in parts], old.manifest.candidates
         if not shards:
             stages, cand = [], ()
         elif len(parts) > 1 or plan.dropped:
-            st = merged_structure(self.preset, [(p.stage, p.rows) for p in parts], spaces, self.dim, self.curv,
+            st = merged_structure(self.preset, parts[0].stage if parts else None, shardset, self.curv,
                                   rows_changed=plan.dropped > 0, progress=progress)
             entry = self._write_candidates(st)
             stages, cand = [self._settled(st, entry)], (entry,)

@@ -201,7 +201,7 @@ class Writes(IndexBase):
         """
         self._require_writable()
         with self._mutex:
-            if not (self._pending or self._pending_files or len(self._pending_deletes) or self._manifest_changes):
+            if not self._uncommitted():
                 return self.version
             self._spill()  # durable but unreferenced: searches go on meanwhile
             old = self._snap
@@ -218,6 +218,10 @@ class Writes(IndexBase):
             self._clear_pending()
         self._collect_garbage()
         return self.version
+
+    def _uncommitted(self) -> bool:
+        """True when a commit would change something: rows added, rows deleted, or a manifest change."""
+        return bool(self._pending or self._pending_files or len(self._pending_deletes) or self._manifest_changes)
 
     def _clear_pending(self) -> None:
         self._pending_files.clear()
@@ -292,11 +296,9 @@ class Writes(IndexBase):
         """
         if st.rows < self.segment_rows or not st.navigates_lorentz:
             return st
-        saved = CandidateStage.load(index_file(self.path, entry.file, "candidate structure"), st.preset,
-                                    entry.factory, entry.proxy, entry.proxy_state, self.dim, self.curv,
-                                    entry.trained_rows)
-        saved.min_rows = st.min_rows
-        return saved
+        return CandidateStage.load(index_file(self.path, entry.file, "candidate structure"), st.preset,
+                                   entry.factory, entry.proxy, entry.proxy_state, self.dim, self.curv,
+                                   entry.trained_rows, min_rows=st.min_rows)
 
     def _write_candidates(self, stage: CandidateStage) -> CandidateEntry:
         name = f"v{self.version + 1:06d}-{uuid.uuid4().hex[:12]}{stage.file_suffix}"

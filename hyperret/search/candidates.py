@@ -230,15 +230,18 @@ class CandidateStage:
 
     @classmethod
     def load(cls, path: Path, preset: Preset, factory: str, proxy: str, state: State, dim: int, curv: float,
-             trained_rows: int) -> CandidateStage:
-        """Read a saved structure, for searching (:meth:`grown` makes a copy that grows)."""
+             trained_rows: int, *, min_rows: int | None = None) -> CandidateStage:
+        """Read a saved structure, for searching (:meth:`grown` makes a copy that grows).
+
+        ``min_rows``: the flat-scan threshold it grows under (None: the preset's).
+        """
         if not path.exists():
             raise FileNotFoundError(2, "candidate structure missing", str(path))
         if proxy not in PROXIES:
             raise IndexCorruptError(f"candidate structure {path.name}: unknown candidate space {proxy!r} "
                                     f"(known: {', '.join(PROXIES)})")
         stage = cls(index=None, preset=preset, factory=factory, state=dict(state), dim=dim, curv=curv,
-                    trained_rows=trained_rows, proxy_name=proxy)
+                    trained_rows=trained_rows, proxy_name=proxy, min_rows=min_rows)
         if preset.navigate == "lorentz" and factory.startswith("HNSW"):
             arrays, meta = read_arrays(path)
             try:

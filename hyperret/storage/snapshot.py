@@ -60,11 +60,10 @@ class Snapshot:
         shardset = ShardSet([s.space for s in shards], manifest.dim)
         preset = Preset.from_dict(manifest.preset)
         stages: list[CandidateStage] = []
-        for c in manifest.candidates:
+        for c in manifest.candidates:  # a segment after the first takes the preset's structure early
             st = CandidateStage.load(index_file(path, c.file, "candidate structure"), preset, c.factory, c.proxy,
-                                     c.proxy_state, manifest.dim, manifest.curv, c.trained_rows)
-            if stages:
-                st.min_rows = tail_min_rows(preset)
+                                     c.proxy_state, manifest.dim, manifest.curv, c.trained_rows,
+                                     min_rows=tail_min_rows(preset) if stages else None)
             if st.rows != c.rows:
                 raise IndexCorruptError(f"candidate structure {c.file} covers {st.rows} rows, "
                                         f"the manifest says {c.rows}")
