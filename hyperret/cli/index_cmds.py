@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from ..search.recall import MIN_ROWS as MIN_CALIBRATED_ROWS
 from .app import app, fail, handle_errors
 from .inputs import parse_arch
 from .render import dump, images_text, progress_bars
@@ -132,8 +133,18 @@ def info_cmd(
     if as_json:
         dump(info)
         return
+    curve = info.pop("recall", None)
     for key, val in info.items():
         typer.echo(f"{key:20s} {val}")
+    if curve is None:
+        typer.echo(f"{'recall':20s} not measured (under {MIN_CALIBRATED_ROWS} rows, the exhaustive scan answers)")
+        return
+    typer.echo(f"recall@{curve['k']} measured at {curve['rows']} rows ({curve['queries']} held-out and perturbed "
+               f"queries); scan {curve['scan_ms_per_query']} ms/query")
+    for p in curve["curve"]:
+        typer.echo(f"  {curve['knob'] or 'flat'} {p['setting']:>5}  recall {p['recall']:.4f}  (held-out "
+                   f"{p['held_out']:.4f}, perturbed {p['perturbed']:.4f}, self first {p['self_first']:.3f})  "
+                   f"{p['ms_per_query']} ms/query")
 
 
 @app.command("presets")

@@ -41,6 +41,13 @@ def search_cmd(
     dedup: bool = typer.Option(False, "--dedup", help="Collapse near-duplicates among the hits, keeping the "
                                "nearest (radius: --dedup-radius, else the index's last applied dedup, else 0.05)."),
     dedup_radius: float | None = typer.Option(None, "--dedup-radius", min=0.0, help="Radius for --dedup."),
+    recall: float | None = typer.Option(None, "--recall", min=0.0, max=1.0, help="Recall@10 to reach, as the "
+                                         "index measured it on its own rows (see `hyperret info`); default: the "
+                                         "preset's (fast: 0.98)."),
+    ef: int | None = typer.Option(None, "--ef", min=1, max=65536, help="Graph beam width, set directly."),
+    nprobe: int | None = typer.Option(None, "--nprobe", min=1, max=65536, help="IVF lists probed, set directly."),
+    where: str | None = typer.Option(None, "--where", help="Metadata predicate, e.g. \"width > 500 and not "
+                                        "unsafe_label\" (grammar: hyperret.search.predicates)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
 ) -> None:
     """Search an index by text, image or query vectors, under a safety policy."""
@@ -60,7 +67,7 @@ def search_cmd(
         q, mods = embed_queries(ix, texts, images, model=model, arch=arch, device=device)
     res = ix.search(q, k=k, candidates=candidates, policy=listed(policy), modality=mods,
                     redirect_mode=redirect_mode, bounds=bounds, allow_unsafe=allow_unsafe,
-                    target=target_value(target),
+                    target=target_value(target), recall=recall, ef=ef, nprobe=nprobe, where=where,
                     dedup=(dedup_radius if dedup_radius is not None else True) if dedup or dedup_radius is not None
                     else False)
     cols = [c.strip() for c in columns.split(",")] if columns else None

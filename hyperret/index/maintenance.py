@@ -12,6 +12,7 @@ import pyarrow as pa
 from .. import validate
 from ..errors import InvalidInputError
 from ..safety.bounds import Bounds
+from ..search.recall import Calibration
 from ..search.segments import Segments
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
@@ -210,10 +211,12 @@ class Maintains(Searches):
             stages, cand = [self._settled(st, entry)], (entry,)
         self._step("candidates_written")
         manifest = old.manifest.committed(shards=tuple(s.entry for s in shards), candidates=cand, deletions=None)
-        commit_manifest(self.path, manifest)
+        stage = Segments(stages, shardset, self.curv) if stages else None
+        snap = Snapshot(self.path, manifest, shards, shardset, stage)
+        snap = self._calibrated(snap, force=True)  # the structure changed: its recall curve too
+        commit_manifest(self.path, snap.manifest)
         self._step("committed")
-        return Snapshot(self.path, manifest, shards, shardset,
-                        Segments(stages, shardset, self.curv) if stages else None)
+        return snap
 
     def info(self) -> dict[str, Any]:
         """A summary of the snapshot (what ``hyperret info --json`` prints)."""
@@ -241,6 +244,7 @@ class Maintains(Searches):
             "metadata_columns": dict(m.metadata_columns),
             "modality": m.modality,
             "bounds": _bounds_summary(self.bounds),
+            "recall": cal.summary() if (cal := Calibration.from_dict(m.calibration)) is not None else None,
             "producer": dict(m.producer),
             "created_at": m.created_at,
             "committed_at": m.committed_at,

@@ -15,8 +15,12 @@ from ..safety.bounds import Bounds, as_bounds
 from ..safety.classify import Classification, classify
 from ..safety.planner import make_plan
 from ..safety.traversal import HYSAC_ALPHA
-from ..search.executor import deduplicated, ranked
+from ..search.executor import Settings, deduplicated, ranked
+from ..search.predicates import where_mask
+from ..search.recall import MIN_ROWS as MIN_CALIBRATED_ROWS
+from ..search.recall import Calibration
 from ..search.result import SearchResult
+from ..storage.snapshot import Snapshot
 from .writer import Writes
 
 
@@ -38,6 +42,10 @@ class Searches(Writes):
         alpha: float = HYSAC_ALPHA,
         target: str | float | None = None,
         dedup: bool | float = False,
+        recall: float | None = None,
+        ef: int | None = None,
+        nprobe: int | None = None,
+        where: str | None = None,
     ) -> SearchResult:
         """The ``k`` nearest rows of each query ``(m, dim)`` by exact geodesic distance, under a safety policy.
 
@@ -55,6 +63,14 @@ class Searches(Writes):
         are fetched to fill ``k``). ``True`` uses the radius of the index's last
         applied :meth:`dedup` (else ``hyperret.dedup.DEFAULT_SEARCH_RADIUS``); a
         number is the radius itself.
+        ``recall``: the recall@10 to reach, as this index measured it on its own rows
+        (``info()["recall"]``): the smallest setting that reached it, or the exhaustive
+        scan where none did. ``ef`` (graphs) / ``nprobe`` (IVF) set the knob directly.
+        Neither: the preset's ``default_recall`` (``fast``: 0.98). Whatever is asked,
+        the exhaustive scan answers where it was measured faster (small indexes).
+        ``where``: a predicate on the metadata columns (:mod:`hyperret.search.predicates`),
+        e.g. ``"width > 500 and not unsafe_label"``; only matching rows are returned.
+        ``k`` above the live rows is capped to them.
         The result's ``.unsafe`` labels every hit (when bounds are known) and
         ``.plans`` says what happened to each query.
         """
@@ -65,11 +81,13 @@ class Searches(Writes):
             q = unit_rows(q, "query vectors")
             if any(p != "off" for p in ([policy] if isinstance(policy, str) else policy)):
                 raise InvalidInputError("safety policies need a hyperbolic (HySAC) index; this one is cosine")
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         override = as_bounds(bounds)
         dedup_radius = self._search_dedup_radius(dedup)
         snap = self._snap
+        k = int(min(k, max(snap.live, 1)))  # more than the live rows cannot be returned
+        settings = self._settings(snap, recall, ef, nprobe, where)
         b = override if override is not None else self.bounds
         plan = make_plan(q, curv=self.curv, policy=policy, modality=modality, index_modality=self.modality,
                          bounds=b, redirect_mode=redirect_mode, allow_unsafe=allow_unsafe, alpha=alpha,
@@ -81,12 +99,14 @@ class Searches(Writes):
                 labels = snap.unsafe_rows(override)
             elif len(plan.filtered):  # HySAC's minimal bounds redirect, but cannot label rows
                 b.threshold(unlabelled[0], why=f"policy 'filter' (labelling the {unlabelled[0]} rows)")
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer))):
+            raise InvalidInputError(f"candidates must be an integer, got {candidates!r}")
         if candidates is not None and candidates < k:
             raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
         if dedup_radius is None:
-            rows, dist = ranked(snap, plan, labels, int(k), candidates, self.curv)
+            rows, dist = ranked(snap, plan, labels, k, candidates, self.curv, settings)
         else:
-            rows, dist = deduplicated(snap, plan, labels, int(k), candidates, self.curv, dedup_radius)
+            rows, dist = deduplicated(snap, plan, labels, k, candidates, self.curv, dedup_radius, settings)
         exact = snap.stage.is_exhaustive if snap.stage is not None else True
         for p, r in zip(plan.plans, rows):
             p.returned = int(np.count_nonzero(r >= 0))
@@ -99,6 +119,50 @@ class Searches(Writes):
             ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap,
             unsafe=hit_unsafe, plans=plan.plans,
         )
+
+    def _settings(self, snap: Snapshot, recall: float | None, ef: int | None, nprobe: int | None,
+                  where: str | None) -> Settings:
+        """The knob (or the scan) a search runs with, and the rows ``where`` allows."""
+        for name, v in (("ef", ef), ("nprobe", nprobe)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 1 << 16):
+                raise InvalidInputError(f"{name} must be an integer in [1, 65536], got {v!r}")
+        if recall is not None and (isinstance(recall, bool) or not isinstance(recall, (int, float))
+                                   or not 0.0 < recall <= 1.0):
+            raise InvalidInputError(f"recall must be a number in (0, 1], got {recall!r}")
+        allowed = None
+        if where is not None:
+            if not isinstance(where, str):
+                raise InvalidInputError(f"where must be a string, got {type(where).__name__}")
+            if where.strip():
+                allowed = where_mask(snap, where)
+        stage = snap.stage
+        if stage is None:
+            return Settings(allowed=allowed)
+        cal = Calibration.from_dict(snap.manifest.calibration)
+        scan_row_s = cal.scan_seconds / cal.rows if cal is not None and cal.rows else 0.0
+
+        def walk_s(setting: int | None) -> float:
+            if cal is None or setting is None or not cal.settings or cal.knob != stage.knob:
+                return 0.0
+            return float(np.interp(setting, cal.settings, cal.seconds))
+
+        if ef is not None or nprobe is not None:
+            setting = ef if stage.knob == "ef" else nprobe if stage.knob == "nprobe" else None
+            return Settings(ef=ef, nprobe=nprobe, allowed=allowed, walk_seconds=walk_s(setting),
+                            scan_row_seconds=scan_row_s)
+        if stage.is_exhaustive or snap.live < MIN_CALIBRATED_ROWS:
+            return Settings(scan=True, allowed=allowed)  # the scan is exact and, this small, the fastest
+        target = recall if recall is not None else (stage.preset.default_recall or None)
+        if cal is None or cal.knob != stage.knob or target is None:
+            # not measured (or measured on another structure): the preset's knobs; an explicit
+            # recall is then kept by the scan
+            return Settings(scan=recall is not None, allowed=allowed)
+        setting = cal.setting_for(target)
+        if setting is None:
+            return Settings(scan=True, allowed=allowed)
+        return Settings(ef=setting if cal.knob == "ef" else None, nprobe=setting if cal.knob == "nprobe" else None,
+                        scan=cal.prefer_scan(setting), allowed=allowed, walk_seconds=walk_s(setting),
+                        scan_row_seconds=scan_row_s)
 
     def _search_dedup_radius(self, dedup: bool | float) -> float | None:
         if dedup is False or dedup is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,10 @@ from ..geometry import lorentz
 from ..geometry.cosine import unit_rows
 from ..safety.bounds import MODALITIES
 from ..safety.classify import classify_radius
+from ..search import recall
 from ..search.candidates import CandidateStage
 from ..search.presets import Preset
+from ..search.recall import Calibration
 from ..search.segments import Segments, tail_min_rows
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
@@ -265,11 +268,22 @@ class Writes(IndexBase):
             shards=tuple(s.entry for s in shards), candidates=cand, next_id=self._next_id,
             metadata_columns=meta_cols, deletions=deletions, **self._manifest_changes,
         )
-        commit_manifest(self.path, manifest)
-        self._step("committed")
         shardset = ShardSet([s.space for s in shards], self.dim)
-        return Snapshot(self.path, manifest, shards, shardset, Segments(stages, shardset, self.curv),
+        snap = Snapshot(self.path, manifest, shards, shardset, Segments(stages, shardset, self.curv),
                         deleted=deleted)
+        snap = self._calibrated(snap, force=False)
+        commit_manifest(self.path, snap.manifest)
+        self._step("committed")
+        return snap
+
+    def _calibrated(self, snap: Snapshot, force: bool) -> Snapshot:
+        """``snap`` with its recall curve measured again when it grew past :data:`recall.GROWTH` (or ``force``)."""
+        previous = Calibration.from_dict(snap.manifest.calibration)
+        if snap.stage is None or not (recall.due(previous, snap.live) or (force and snap.live >= recall.MIN_ROWS)):
+            return snap
+        cal = recall.measure(snap.stage, snap.shardset, self.curv, snap.deleted)
+        snap.manifest = replace(snap.manifest, calibration=cal.to_dict())
+        return snap
 
     def _grown_segments(self, old: Snapshot, new: list[np.ndarray],
                         progress: Progress | None) -> tuple[CandidateStage, int]:

@@ -69,7 +69,8 @@ class QueryPlan:
     searched_radius: float | None = None  # radius of the query actually searched
     candidates: int = 0  # candidate rows the rerank saw (last round)
     refills: int = 0  # extra candidate rounds the filter needed
-    unsafe_skipped: int = 0  # unsafe candidate rows the filter left out (last round)
+    unsafe_skipped: int = 0  # unsafe rows the filter left out (a scan: all it skipped; a walk: its candidates)
+    scanned: int = 0  # rows the exhaustive scan compared (0: the candidate structure answered)
     collapsed: int = 0  # near-duplicate hits dropped by search-time dedup
     returned: int = 0
     reason: str = ""

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import IndexCorruptError
 from ..storage.arrays import read_arrays, write_arrays
 from ..storage.shardset import ShardSet
-from . import graph
+from . import graph, hnsw
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
 
@@ -84,6 +84,12 @@ class CandidateStage:
         """
         n = sum(len(s) for s in spaces)
         factory = _factory_for(preset, n, _preset_dim(preset, dim), min_rows)
+        if _own_graph(preset, factory):
+            stage = cls(index=None, preset=preset, factory=factory, state={}, dim=dim, curv=curv,
+                        proxy_name=preset.proxy, min_rows=min_rows)
+            stage._graph = hnsw.build(ShardSet(spaces, dim), curv, _hnsw_m(factory), _efc(preset),
+                                      progress=progress)
+            return stage
         # Below min_rows the fallback is a flat scan: of the exact reduction, so it is exact.
         proxy = PROXIES["ip" if factory == "Flat" and preset.factory != "Flat" else preset.proxy]
         state = _merged_state(proxy, spaces, curv)
@@ -128,7 +134,14 @@ class CandidateStage:
         :meth:`try_extend`), or is a flat scan (cheaper to refill than to copy), it
         is a rebuild over both.
         """
-        if self.factory != "Flat":
+        if _own_graph(self.preset, self.factory):
+            total = self.rows + sum(len(s) for s in new)
+            if self.factory == _factory_for(self.preset, total, _preset_dim(self.preset, self.dim), self.min_rows):
+                copy = replace(self, index=None)
+                copy._graph = hnsw.extend(self._current_graph(), ShardSet([*spaces, *new], self.dim), self.curv,
+                                          _hnsw_m(self.factory), _efc(self.preset), progress=progress)
+                return copy
+        elif self.factory != "Flat":
             copy = replace(self, index=None)
             if self.index is None:  # a saved graph, opened read-only: its proxy vectors are recomputed
                 copy._graph = self._current_graph()
@@ -158,13 +171,27 @@ class CandidateStage:
                 yield pad(self.proxy.database(s[start : start + _ADD_CHUNK], self.curv, self.state), d)
 
     # ---------------------------------------------------------------- search
-    def search(self, queries: np.ndarray, kc: int, shards: ShardSet) -> np.ndarray:
-        """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
+    def search(self, queries: np.ndarray, kc: int, shards: ShardSet, *, ef: int | None = None,
+               nprobe: int | None = None, skip: np.ndarray | None = None,
+               evals: np.ndarray | None = None) -> np.ndarray:
+        """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist.
+
+        ``ef`` (graphs) / ``nprobe`` (IVF): the search knob, default the preset's.
+        ``skip: (rows,)`` nonzero = never proposed (a graph walks through such rows,
+        FAISS skips them with an ``IDSelector``). ``evals: (m,)``: a Lorentz walk
+        writes its distance evaluations per query there.
+        """
         if self.navigates_lorentz:
-            ef = int(self.preset.search.get("efSearch", 64))
-            return graph.search(self._current_graph(), queries, shards, self.curv, kc, ef)
+            ef = int(ef or self.preset.search.get("efSearch", 64))
+            return graph.search(self._current_graph(), queries, shards, self.curv, kc, ef, skip, evals)
         xq = pad(self.proxy.query(queries, self.curv, self.state), self.index.d)
-        params = self._search_params(kc)
+        params = self._search_params(kc, ef, nprobe)
+        if skip is not None and np.any(skip):
+            keep = np.packbits(np.asarray(skip) == 0, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(skip), faiss.swig_ptr(keep))
+            if params is None:
+                params = faiss.SearchParameters()
+            params.sel = selector
         if params is None:
             _, rows = self.index.search(xq, kc)
         else:
@@ -181,14 +208,20 @@ class CandidateStage:
             return graph.walk_from_rows(self._current_graph(), rows, shards, self.curv, kc, ef or kc)
         return self.search(shards.gather(rows), kc, shards)
 
-    def _search_params(self, kc: int):
+    def _search_params(self, kc: int, ef: int | None = None, nprobe: int | None = None):
         kind = self._kind()
         if kind == "hnsw":
-            ef = max(int(self.preset.search.get("efSearch", 64)), kc)
-            return faiss.SearchParametersHNSW(efSearch=ef)
+            return faiss.SearchParametersHNSW(efSearch=max(int(ef or self.preset.search.get("efSearch", 64)), kc))
         if kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=int(self.preset.search.get("nprobe", 16)))
+            nlist = faiss.extract_index_ivf(self.index).nlist
+            return faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.preset.search.get("nprobe", 16)), nlist))
         return None
+
+    @property
+    def knob(self) -> str | None:
+        """The search knob this structure takes: ``ef`` (a graph), ``nprobe`` (an IVF) or None (a flat scan)."""
+        kind = self._kind()
+        return {"hnsw": "ef", "ivf": "nprobe"}.get(kind)
 
     def _current_graph(self) -> graph.Graph:
         if self._graph is None:
@@ -277,6 +310,21 @@ class CandidateStage:
             raise IndexCorruptError(f"graph has {saved.levels.shape[0]} nodes, the shards {storage.ntotal} rows")
         index.ntotal = storage.ntotal
         self.index, self._graph = index, None  # the graph now lives in the index
+
+
+def _own_graph(preset: Preset, factory: str) -> bool:
+    """True when hyperret builds this structure itself: an HNSW graph in the exact metric."""
+    return preset.graph_metric == "lorentz" and preset.navigate == "lorentz" and factory.startswith("HNSW")
+
+
+def _hnsw_m(factory: str) -> int:
+    """The ``M`` of an ``HNSW<M>`` factory string."""
+    digits = "".join(ch for ch in factory[4:] if ch.isdigit())
+    return int(digits or 32)
+
+
+def _efc(preset: Preset) -> int:
+    return int(preset.build.get("efConstruction", 64))
 
 
 def _train_lorentz_ivf(index: faiss.Index, sample: np.ndarray, curv: float, d: int) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
-from ..kernels.rows import FASTMATH, row_view, sqnorm
+from ..kernels.rows import FASTMATH, prefetch_row, row_view
 from ..storage.shardset import ShardSet
 
 
@@ -113,16 +113,47 @@ class Graph:
                    int(h.entry_point), int(h.max_level), index)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")  # navigation order only: the rerank decides
-def _score(q, qt, x, inv_c):
-    """``-<q, x>_L`` (smaller = nearer) for a query row and a float32 row, float64 sums."""
-    dot = 0.0
-    nx = 0.0
-    for j in range(q.shape[0]):
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def sq32(x):
+    """``|x|^2`` of a float32 row, summed in float64, returned as float32 (the build's per-row norms)."""
+    s = 0.0
+    for j in range(x.shape[0]):
         xj = np.float64(x[j])
-        dot += np.float64(q[j]) * xj
+        s += xj * xj
+    return np.float32(s)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def gap32(q, nq, qt, x, nx, inv_c):
+    """The gap ``-<q, x>_L - 1/c >= 0`` of a query (``|q|^2 = nq``, time ``qt``) and a row (``|x|^2 = nx``).
+
+    A monotone transform of the geodesic distance, without cancellation:
+    ``(|q - x|^2 - (q_t - x_t)^2) / 2`` with ``q_t - x_t = (nq - nx) / (q_t + x_t)``.
+    Navigation order only (float32 rows and sums, float64 after): the rerank decides.
+    """
+    d2 = np.float32(0.0)
+    for j in range(q.shape[0]):
+        t = q[j] - x[j]
+        d2 += t * t
+    d2 = np.float64(d2)
+    t = (nq - nx) / (qt + math.sqrt(inv_c + nx))
+    return max(0.5 * (d2 - t * t), 0.0)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def gap_query(q, nq, qt, x, inv_c):
+    """:func:`gap32` of a query and a row whose norm is computed in the same pass."""
+    d2 = np.float32(0.0)
+    nx = np.float32(0.0)
+    for j in range(q.shape[0]):
+        xj = x[j]
+        t = q[j] - xj
+        d2 += t * t
         nx += xj * xj
-    return qt * math.sqrt(inv_c + nx) - dot
+    d2 = np.float64(d2)
+    nx = np.float64(nx)
+    t = (nq - nx) / (qt + math.sqrt(inv_c + nx))
+    return max(0.5 * (d2 - t * t), 0.0)
 
 
 @njit(cache=True, inline="always")
@@ -158,15 +189,18 @@ def _sift_down(hd, hi, size, sign):
 
 
 @njit(cache=True, nogil=True)
-def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
-    """Beam search for one query; writes the ``len(out)`` best rows (by score) into ``out``."""
-    inv_c = 1.0 / curv
+def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, inv_c, ef, skip,
+                mark, tag, out):
+    """Beam search for one query; writes the ``len(out)`` best rows not skipped into ``out`` -> evaluations."""
     dim = q.shape[0]
-    qt = math.sqrt(inv_c + sqnorm(q))
-    n = levels.shape[0]
+    nq = 0.0
+    for j in range(dim):
+        nq += np.float64(q[j]) * np.float64(q[j])
+    qt = math.sqrt(inv_c + nq)
 
     ep = entry
-    d_ep = _score(q, qt, row_view(bases, offsets_rows, ep, dim), inv_c)
+    d_ep = gap_query(q, nq, qt, row_view(bases, offsets_rows, ep, dim), inv_c)
+    evals = 1
     for level in range(max_level, 0, -1):  # greedy descent through the upper layers
         changed = True
         while changed:
@@ -179,22 +213,24 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                     break
                 if levels[nb] <= level:  # not in this layer (FAISS never links so; a crafted file might)
                     continue
-                d = _score(q, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+                d = gap_query(q, nq, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+                evals += 1
                 if d < d_ep:
                     ep, d_ep, changed = nb, d, True
-
-    visited = np.zeros(n, dtype=np.bool_)
-    _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, visited, True, out)
+    return evals + _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip,
+                          mark, tag, out)
 
 
 @njit(cache=True, nogil=True)
-def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, mark, tag, out):
-    """Level-0 beam search from node ``ep`` (score ``d_ep``); writes the ``len(out)`` best rows.
+def _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip, mark, tag, out):
+    """Level-0 beam search from node ``ep`` (gap ``d_ep``); writes the ``len(out)`` best rows -> evaluations.
 
-    ``mark[node] == tag`` means visited: a fresh bool array with ``tag=True``, or a
-    reused int32 stamp array with a new ``tag`` per walk.
+    ``mark[node] == tag`` means visited (an int32 stamp array reused with a new
+    ``tag`` per walk). ``skip``: ``(n,)`` uint8, nonzero rows are walked through
+    but never returned (deleted, filtered out); empty: none skipped.
     """
     dim = q.shape[0]
+    masked = skip.shape[0] > 0
     cap = ef + 1
     heap = min(mark.shape[0], 64 * cap)
     cand_d = np.empty(heap, dtype=np.float64)  # min-heap: frontier
@@ -202,8 +238,12 @@ def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c
     res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
     res_i = np.empty(cap, dtype=np.int64)
     nc = 1
-    nr = 1
-    cand_d[0], cand_i[0], res_d[0], res_i[0] = d_ep, ep, d_ep, ep
+    nr = 0
+    evals = 0
+    cand_d[0], cand_i[0] = d_ep, ep
+    if not (masked and skip[ep]):
+        res_d[0], res_i[0] = d_ep, ep
+        nr = 1
     mark[ep] = tag
     while nc > 0:
         d_c, c = cand_d[0], cand_i[0]
@@ -212,6 +252,12 @@ def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c
         _sift_down(cand_d, cand_i, nc, 1)
         if nr >= ef and d_c > res_d[0]:
             break
+        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):  # start loading the rows first
+            nb = neighbors[s]
+            if nb < 0:
+                break
+            if mark[nb] != tag:
+                prefetch_row(bases, offsets_rows, nb, dim)
         for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):
             nb = neighbors[s]
             if nb < 0:
@@ -219,12 +265,15 @@ def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c
             if mark[nb] == tag:
                 continue
             mark[nb] = tag
-            d = _score(q, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+            d = gap_query(q, nq, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+            evals += 1
             if nr < ef or d < res_d[0]:
-                if nc < cand_d.shape[0]:
+                if nc < heap:
                     cand_d[nc], cand_i[nc] = d, nb
                     _sift_up(cand_d, cand_i, nc, 1)
                     nc += 1
+                if masked and skip[nb]:
+                    continue
                 res_d[nr], res_i[nr] = d, nb
                 _sift_up(res_d, res_i, nr, -1)
                 nr += 1
@@ -235,37 +284,60 @@ def _beam0(q, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c
     order = np.argsort(res_d[:nr], kind="mergesort")
     for j in range(min(out.shape[0], nr)):
         out[j] = res_i[order[j]]
+    return evals
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _search_parallel(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
-    for i in prange(queries.shape[0]):
-        _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef,
-                    out[i])
+def _search_batch(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, skip,
+                  chunks, out, evals):
+    n = levels.shape[0]
+    m = queries.shape[0]
+    for c in prange(chunks):
+        mark = np.zeros(n, dtype=np.int32)
+        lo = m * c // chunks
+        for i in range(lo, m * (c + 1) // chunks):
+            evals[i] = _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry,
+                                   max_level, 1.0 / curv, ef, skip, mark, np.int32(i - lo + 1), out[i])
 
 
 @njit(cache=True, nogil=True)
-def _search_serial(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, out):
+def _search_serial(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, skip,
+                   chunks, out, evals):
+    mark = np.zeros(levels.shape[0], dtype=np.int32)
     for i in range(queries.shape[0]):
-        _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef,
-                    out[i])
+        evals[i] = _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level,
+                               1.0 / curv, ef, skip, mark, np.int32(i + 1), out[i])
 
 
-def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int) -> np.ndarray:
-    """Candidate rows ``(m, kc)`` int64 (``-1`` padded) for ``queries: (m, dim)`` float32."""
+_NO_SKIP = np.zeros(0, dtype=np.uint8)
+
+
+def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int,
+           skip: np.ndarray | None = None, evals: np.ndarray | None = None) -> np.ndarray:
+    """Candidate rows ``(m, kc)`` int64 (``-1`` padded) for ``queries: (m, dim)`` float32.
+
+    ``ef``: beam width (at least ``kc`` is used). ``skip: (n,)`` uint8/bool, nonzero
+    rows never returned. ``evals: (m,)`` int64, if given, receives the distance
+    evaluations of each query (the walk's cost).
+    """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     out = np.full((q.shape[0], kc), -1, dtype=np.int64)
+    if evals is None:
+        evals = np.zeros(q.shape[0], dtype=np.int64)
     if q.shape[0] == 0 or graph.levels.shape[0] == 0:
         return out
-    parallel.run(_search_serial, _search_parallel, q.shape[0],
+    mask = _NO_SKIP if skip is None else np.ascontiguousarray(skip).view(np.uint8)
+    if len(mask) and len(mask) != graph.levels.shape[0]:
+        raise ValueError(f"skip mask of {len(mask)} rows for a graph of {graph.levels.shape[0]}")
+    chunks = min(q.shape[0], 4 * numba.get_num_threads())
+    parallel.run(_search_serial, _search_batch, q.shape[0],
                  q, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum, graph.levels,
-                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), out)
+                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), mask, chunks, out, evals)
     return out
 
 
-
 @njit(cache=True, nogil=True)
-def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, stamp, tag, out):
+def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, skip, stamp, tag, out):
     """Beam search at level 0 for stored row ``g0`` from its own node; writes the ``len(out)`` best rows.
 
     A stored row needs no descent from the entry point: its near neighbours are a
@@ -274,9 +346,11 @@ def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, 
     """
     inv_c = 1.0 / curv
     q = row_view(bases, offsets_rows, g0, dim)
-    qt = math.sqrt(inv_c + sqnorm(q))
-    _beam0(q, qt, g0, _score(q, qt, q, inv_c), bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, stamp,
-           tag, out)
+    nq = 0.0
+    for j in range(dim):
+        nq += np.float64(q[j]) * np.float64(q[j])
+    qt = math.sqrt(inv_c + nq)
+    _beam0(q, nq, qt, g0, 0.0, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip, stamp, tag, out)
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -286,8 +360,8 @@ def _walk_rows(rows, dim, bases, offsets_rows, neighbors, node_off, cum, curv, e
         lo = rows.shape[0] * c // chunks
         hi = rows.shape[0] * (c + 1) // chunks
         for i in range(lo, hi):
-            _walk_one(rows[i], dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, stamp, i - lo + 1,
-                      out[i])
+            _walk_one(rows[i], dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, _NO_SKIP, stamp,
+                      i - lo + 1, out[i])
 
 
 def walk_from_rows(graph: Graph, rows: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int) -> np.ndarray:

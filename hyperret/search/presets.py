@@ -44,6 +44,13 @@ class Preset:
     pq_sub: int = 4  # dimensions per PQ sub-quantiser, for {pq_m}
     nlist: int = 0  # IVF lists; 0: about 4 sqrt(rows), at most rows / 39
     navigate: str = "proxy"  # HNSW only: "lorentz" walks the graph with the exact inner product
+    #: HNSW walked in Lorentz order only: "proxy" lets FAISS build the graph over the proxy
+    #: (fast); "lorentz" builds it in the exact metric (hyperret.search.hnsw; slower to build,
+    #: keeps far-out points reachable)
+    graph_metric: str = "proxy"
+    #: the recall@10 the search aims for when a call names neither ``recall`` nor ``ef``/``nprobe``
+    #: (picked from the index's measured recall curve; 0: the preset's fixed ``search`` knobs)
+    default_recall: float = 0.0
 
     def candidates_for(self, k: int) -> int:
         """Candidates the rerank sees for ``k`` results."""
@@ -70,6 +77,10 @@ class Preset:
             raise PresetError(f"{where}: unknown proxy {p.proxy!r}; known: {sorted(PROXIES)}")
         if p.navigate not in ("proxy", "lorentz"):
             raise PresetError(f"{where}: navigate must be 'proxy' or 'lorentz', got {p.navigate!r}")
+        if p.graph_metric not in ("proxy", "lorentz"):
+            raise PresetError(f"{where}: graph_metric must be 'proxy' or 'lorentz', got {p.graph_metric!r}")
+        if not 0.0 <= p.default_recall <= 1.0:
+            raise PresetError(f"{where}: default_recall must be in [0, 1], got {p.default_recall!r}")
         if p.k_factor < 1 or p.k_extra < 0:
             raise PresetError(f"{where}: k_factor must be >= 1 and k_extra >= 0")
         return p

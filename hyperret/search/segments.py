@@ -85,12 +85,32 @@ class Segments:
         return any(p.stage.navigates_lorentz for p in self.parts)
 
     # --------------------------------------------------------------- search
-    def search(self, queries: np.ndarray, kc: int, shards: ShardSet | None = None) -> np.ndarray:
-        """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist."""
+    def search(self, queries: np.ndarray, kc: int, shards: ShardSet | None = None, *, ef: int | None = None,
+               nprobe: int | None = None, skip: np.ndarray | None = None,
+               evals: np.ndarray | None = None) -> np.ndarray:
+        """Candidate rows ``(m, kc)`` int64 for ``queries: (m, dim)``; ``-1`` where fewer exist.
+
+        ``ef`` / ``nprobe``: the search knob of each segment (default the preset's);
+        ``skip: (rows,)`` nonzero rows are never proposed; ``evals: (m,)`` receives
+        the graph walks' distance evaluations (summed over segments).
+        """
         if len(self.parts) == 1:
-            return self.parts[0].stage.search(queries, kc, self.shards)
-        cols = [self._global(p, p.stage.search(queries, min(kc, p.rows), w)) for p, w in self._pairs()]
+            return self.parts[0].stage.search(queries, kc, self.shards, ef=ef, nprobe=nprobe, skip=skip,
+                                              evals=evals)
+        cols = []
+        for p, w in self._pairs():
+            part_evals = None if evals is None else np.zeros(len(queries), dtype=np.int64)
+            local = p.stage.search(queries, min(kc, p.rows), w, ef=ef, nprobe=nprobe,
+                                   skip=None if skip is None else skip[p.start : p.end], evals=part_evals)
+            if evals is not None and part_evals is not None:
+                evals += part_evals
+            cols.append(self._global(p, local))
         return self._merge(queries, cols, kc)
+
+    @property
+    def knob(self) -> str | None:
+        """``ef``, ``nprobe`` or None: the search knob of the largest segment."""
+        return max(self.parts, key=lambda p: p.rows).stage.knob
 
     def near_rows(self, rows: np.ndarray, kc: int, shards: ShardSet | None = None,
                   ef: int | None = None) -> np.ndarray:

@@ -20,8 +20,9 @@ from .paths import check_relative, regular_file
 
 FORMAT_NAME = "hyperret.index"
 #: 2: safety bounds and collection modality; 3: deletion files, dedup record; 4: versions/, confined paths;
-#: 5: the candidate structure is a list of segments (one per row range, in row order).
-FORMAT_VERSION = 5
+#: 5: the candidate structure is a list of segments (one per row range, in row order);
+#: 6: the recall curve the index measured on its own rows (``calibration``).
+FORMAT_VERSION = 6
 MANIFEST_NAME = "manifest.json"
 #: Largest vector dimension a manifest may declare (CLIP models use 512 to 1280).
 MAX_DIM = 1 << 16
@@ -76,6 +77,8 @@ class Manifest:
     bounds: dict[str, Any] | None = None  # safety bounds (hyperret.safety.Bounds.to_dict) in force
     deletions: FileEntry | None = None  # the deleted rows of this snapshot (hyperret.storage.deletions)
     dedup: dict[str, Any] | None = None  # the last applied deduplication (radius, grouping, counts)
+    #: the recall curve the index measured on its own rows (hyperret.search.recall.Calibration)
+    calibration: dict[str, Any] | None = None
     created_at: str = ""
     committed_at: str = ""
     format: str = FORMAT_NAME
@@ -169,7 +172,7 @@ class Manifest:
         if not isinstance(self.metadata_columns, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.metadata_columns.items()):
             raise bad("metadata_columns", "must map column names to type names")
-        for name in ("bounds", "dedup", "producer"):
+        for name in ("bounds", "dedup", "producer", "calibration"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
                 raise bad(name, "must be an object")
