@@ -13,6 +13,7 @@ from hyperret.cli import app
 from hyperret.errors import InvalidInputError
 from hyperret.geometry import lorentz
 from hyperret.search import graph, hnsw
+from hyperret.search.codes import Codes
 from hyperret.search.recall import Calibration
 from hyperret.search.scan import scan
 from hyperret.storage.shardset import ShardSet
@@ -109,7 +110,7 @@ def graph_index(tmp_path_factory, data):
     pts, _ = data
     tmp = tmp_path_factory.mktemp("v2")
     ix = hyperret.Index.create(tmp / "ix", dim=DIM, curv=CURV, preset=_preset(tmp, "g-lorentz",
-                                                                              graph_metric='"lorentz"'))
+                                                                              graph_metric='"lorentz"', codes='"sq8"'))
     width = np.arange(3000) % 1000
     tag = np.where(np.arange(3000) % 3 == 0, "cat", "dog")
     ix.add(pts.space, metadata={"width": width, "tag": tag})
@@ -150,7 +151,7 @@ def test_recall_targets_are_met_on_fresh_queries(graph_index, data, exact_knn):
 
 def test_calibration_is_remeasured_when_the_index_doubles(tmp_path, data):
     pts, _ = data
-    ix = hyperret.Index.create(tmp_path / "ix", dim=DIM, curv=CURV, preset=_preset(tmp_path, "g"))
+    ix = hyperret.Index.create(tmp_path / "ix", dim=DIM, curv=CURV, preset=_preset(tmp_path, "g", codes='"sq8"'))
     ix.add(pts.space[:1000])
     ix.commit()
     first = ix.manifest.calibration
@@ -179,6 +180,30 @@ def test_cost_model_scans_tiny_indexes_and_when_measured_faster(tmp_path, data, 
                             scan_seconds=2e-4)
     assert fast_scan.setting_for(0.98) == 64 and fast_scan.prefer_scan(64) and not fast_scan.prefer_scan(16)
     assert fast_scan.setting_for(0.999) is None and fast_scan.predicted(40) == pytest.approx(0.945)
+
+
+def test_navigation_codes_walk_like_the_rows(data, exact_knn, tmp_path):
+    """8-bit codes order the walk almost as the rows do; saved, grown and reloaded they stay valid."""
+    pts, q = data
+    sh = ShardSet([pts.space], DIM)
+    g = hnsw.build(sh, CURV, m=16, ef_construction=40)
+    codes = Codes.encode([pts.space[:1000], pts.space[1000:]], DIM)
+    assert codes.codes.shape == (3000, DIM) and codes.codes.dtype == np.uint8
+    np.testing.assert_allclose(codes.sqnorm, np.sum(pts.space.astype(np.float64) ** 2, 1), rtol=1e-6)
+    truth, _ = exact_knn(q, pts.space, CURV, 10)
+    with_codes = graph.search(g, q, sh, CURV, 40, 64, codes=codes)
+    from hyperret.search.rerank import rerank
+
+    assert _recall(rerank(q, with_codes, sh, CURV, 10)[0], truth) >= 0.97
+    grown = Codes.encode([pts.space[:1800]], DIM).extended([pts.space[1800:]])
+    assert grown.rows == 3000 and np.array_equal(grown.codes[:1800], Codes.encode([pts.space[:1800]], DIM).codes)
+    back = Codes.from_arrays(codes.arrays(), 3000, DIM)
+    assert back is not None and np.array_equal(back.codes, codes.codes)
+    assert Codes.from_arrays({}, 3000, DIM) is None  # a graph saved without codes walks the rows
+    for name, bad in (("codes", np.zeros(5, np.uint8)), ("code_step", np.zeros(DIM, np.float32)),
+                      ("code_sqnorm", np.full(3000, np.nan, np.float32)), ("code_lo", np.zeros(DIM, np.float64))):
+        with pytest.raises(ValueError):
+            Codes.from_arrays({**codes.arrays(), name: bad}, 3000, DIM)
 
 
 def test_calibration_from_disk_is_checked():

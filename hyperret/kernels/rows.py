@@ -53,12 +53,17 @@ PREFETCH_LINES = 48
 
 
 @njit(cache=True, inline="always")
-def prefetch_row(bases, offsets, g, dim):
-    """Ask the CPU to start loading the first cache lines of global row ``g`` (a hint: no effect on results)."""
-    s = np.searchsorted(offsets, g, side="right") - 1
-    address = bases[s] + (g - offsets[s]) * dim * 4
-    for line in range(min(PREFETCH_LINES, (dim * 4 + 63) // 64)):
+def prefetch(address, nbytes):
+    """Ask the CPU to start loading ``nbytes`` from ``address`` (at most PREFETCH_LINES lines; a hint only)."""
+    for line in range(min(PREFETCH_LINES, (nbytes + 63) // 64)):
         _prefetch(address + line * 64)
+
+
+@njit(cache=True, inline="always")
+def prefetch_row(bases, offsets, g, dim):
+    """Ask the CPU to start loading global row ``g`` (a hint: no effect on results)."""
+    s = np.searchsorted(offsets, g, side="right") - 1
+    prefetch(bases[s] + (g - offsets[s]) * dim * 4, dim * 4)
 
 
 @njit(cache=True, inline="always")

@@ -20,6 +20,7 @@ from ..errors import IndexCorruptError
 from ..storage.arrays import read_arrays, write_arrays
 from ..storage.shardset import ShardSet
 from . import graph, hnsw
+from .codes import Codes
 from .presets import Preset
 from .proxies import PROXIES, Proxy, State, pad, padded_dim
 
@@ -47,6 +48,7 @@ class CandidateStage:
     #: Below this many rows the structure is a flat scan (None: the preset's ``min_rows``).
     min_rows: int | None = None
     _graph: graph.Graph | None = field(default=None, init=False, repr=False)  # views of the HNSW arrays
+    _codes: Codes | None = field(default=None, init=False, repr=False)  # the walk's 8-bit rows (preset codes)
     _kind_cache: str | None = field(default=None, init=False, repr=False)
 
     @property
@@ -89,6 +91,7 @@ class CandidateStage:
                         proxy_name=preset.proxy, min_rows=min_rows)
             stage._graph = hnsw.build(ShardSet(spaces, dim), curv, _hnsw_m(factory), _efc(preset),
                                       progress=progress)
+            stage._encode(spaces)
             return stage
         # Below min_rows the fallback is a flat scan: of the exact reduction, so it is exact.
         proxy = PROXIES["ip" if factory == "Flat" and preset.factory != "Flat" else preset.proxy]
@@ -105,7 +108,13 @@ class CandidateStage:
                 index.train(pad(proxy.database(sample, curv, state), d))
             stage.trained_rows = n
         stage._add(spaces, progress)
+        stage._encode(spaces)
         return stage
+
+    def _encode(self, spaces: Sequence[np.ndarray]) -> None:
+        """Navigation codes of every row, when the preset asks for them and the structure is a walked graph."""
+        if self.preset.codes == "sq8" and self.navigates_lorentz:
+            self._codes = Codes.encode(spaces, self.dim)
 
     @property
     def _lorentz_ivf(self) -> bool:
@@ -140,6 +149,7 @@ class CandidateStage:
                 copy = replace(self, index=None)
                 copy._graph = hnsw.extend(self._current_graph(), ShardSet([*spaces, *new], self.dim), self.curv,
                                           _hnsw_m(self.factory), _efc(self.preset), progress=progress)
+                copy._codes = self._grown_codes(spaces, new)
                 return copy
         elif self.factory != "Flat":
             copy = replace(self, index=None)
@@ -149,10 +159,19 @@ class CandidateStage:
             else:
                 copy.index = faiss.clone_index(self.index)
             if copy.try_extend(new, progress):
+                copy._codes = self._grown_codes(spaces, new)
                 return copy
         if progress is not None:
             progress(-sum(len(s) for s in spaces))  # rebuilding: these rows are counted again
         return CandidateStage.build(self.preset, [*spaces, *new], self.dim, self.curv, progress, self.min_rows)
+
+    def _grown_codes(self, spaces: Sequence[np.ndarray], new: Sequence[np.ndarray]) -> Codes | None:
+        """The codes of ``spaces`` + ``new``: these extended (a copy), or encoded afresh if there were none."""
+        if self.preset.codes != "sq8" or not self.navigates_lorentz:
+            return None
+        if self._codes is None or self._codes.rows != sum(len(s) for s in spaces):
+            return Codes.encode([*spaces, *new], self.dim)
+        return self._codes.extended(new)
 
     def _add(self, spaces: Sequence[np.ndarray], progress: Progress | None) -> None:
         self._graph = None  # the graph's arrays may move when it grows
@@ -183,7 +202,7 @@ class CandidateStage:
         """
         if self.navigates_lorentz:
             ef = int(ef or self.preset.search.get("efSearch", 64))
-            return graph.search(self._current_graph(), queries, shards, self.curv, kc, ef, skip, evals)
+            return graph.search(self._current_graph(), queries, shards, self.curv, kc, ef, skip, evals, self._codes)
         xq = pad(self.proxy.query(queries, self.curv, self.state), self.index.d)
         params = self._search_params(kc, ef, nprobe)
         if skip is not None and np.any(skip):
@@ -257,6 +276,8 @@ class CandidateStage:
         """
         if self.navigates_lorentz:
             arrays, meta = self._current_graph().arrays()
+            if self._codes is not None:
+                arrays.update(self._codes.arrays())
             write_arrays(path, arrays, meta)
         else:
             faiss.write_index(self.index, str(path))
@@ -279,6 +300,7 @@ class CandidateStage:
             arrays, meta = read_arrays(path)
             try:
                 stage._graph = graph.Graph.from_arrays(arrays, meta)
+                stage._codes = Codes.from_arrays(arrays, stage._graph.levels.shape[0], dim)
             except ValueError as e:
                 raise IndexCorruptError(f"candidate graph {path.name} is malformed: {e}") from None
             return stage

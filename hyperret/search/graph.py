@@ -21,8 +21,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
-from ..kernels.rows import FASTMATH, prefetch_row, row_view
+from ..kernels.rows import FASTMATH, prefetch, prefetch_row, row_view
 from ..storage.shardset import ShardSet
+from .codes import Codes
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,33 @@ def gap_query(q, nq, qt, x, inv_c):
     return max(0.5 * (d2 - t * t), 0.0)
 
 
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def gap_code(qs, c0, nq, qt, code, nx, inv_c):
+    """:func:`gap32` with ``q.x`` from a row's 8-bit codes: ``c0 + qs.code`` (``qs = q * step``, ``c0 = q.lo``)."""
+    dot = np.float32(0.0)
+    for j in range(qs.shape[0]):
+        dot += qs[j] * np.float32(code[j])
+    d2 = nq + nx - 2.0 * (np.float64(dot) + c0)
+    t = (nq - nx) / (qt + math.sqrt(inv_c + nx))
+    return max(0.5 * (d2 - t * t), 0.0)
+
+
+@njit(cache=True, inline="always")
+def _walk_gap(q, nq, qt, qs, c0, codes, sqn, bases, offsets_rows, nb, inv_c):
+    """The walk's gap to row ``nb``: from its codes when the graph has them, else from the float32 row."""
+    if codes.shape[0] > 0:
+        return gap_code(qs, c0, nq, qt, codes[nb], np.float64(sqn[nb]), inv_c)
+    return gap_query(q, nq, qt, row_view(bases, offsets_rows, nb, q.shape[0]), inv_c)
+
+
+@njit(cache=True, inline="always")
+def _walk_prefetch(codes, bases, offsets_rows, nb, dim):
+    if codes.shape[0] > 0:
+        prefetch(codes[nb].ctypes.data, dim)
+    else:
+        prefetch_row(bases, offsets_rows, nb, dim)
+
+
 @njit(cache=True, inline="always")
 def _sift_up(hd, hi, pos, sign):
     """Restore a binary heap (min-heap if sign=1, max-heap if sign=-1) after a push."""
@@ -188,18 +216,28 @@ def _sift_down(hd, hi, size, sign):
             break
 
 
+#: Rows a walk keeps loading ahead of the one whose distance it computes.
+PREFETCH_AHEAD = 4
+
+
 @njit(cache=True, nogil=True)
 def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, inv_c, ef, skip,
-                mark, tag, out):
+                codes, lo, step, sqn, mark, tag, out):
     """Beam search for one query; writes the ``len(out)`` best rows not skipped into ``out`` -> evaluations."""
     dim = q.shape[0]
     nq = 0.0
     for j in range(dim):
         nq += np.float64(q[j]) * np.float64(q[j])
     qt = math.sqrt(inv_c + nq)
+    qs = np.empty(dim, dtype=np.float32)
+    c0 = 0.0
+    if codes.shape[0] > 0:
+        for j in range(dim):
+            qs[j] = q[j] * step[j]
+            c0 += np.float64(q[j]) * np.float64(lo[j])
 
     ep = entry
-    d_ep = gap_query(q, nq, qt, row_view(bases, offsets_rows, ep, dim), inv_c)
+    d_ep = _walk_gap(q, nq, qt, qs, c0, codes, sqn, bases, offsets_rows, ep, inv_c)
     evals = 1
     for level in range(max_level, 0, -1):  # greedy descent through the upper layers
         changed = True
@@ -213,21 +251,24 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                     break
                 if levels[nb] <= level:  # not in this layer (FAISS never links so; a crafted file might)
                     continue
-                d = gap_query(q, nq, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+                d = _walk_gap(q, nq, qt, qs, c0, codes, sqn, bases, offsets_rows, nb, inv_c)
                 evals += 1
                 if d < d_ep:
                     ep, d_ep, changed = nb, d, True
-    return evals + _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip,
-                          mark, tag, out)
+    return evals + _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum,
+                          inv_c, ef, skip, mark, tag, out)
 
 
 @njit(cache=True, nogil=True)
-def _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip, mark, tag, out):
+def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip,
+           mark, tag, out):
     """Level-0 beam search from node ``ep`` (gap ``d_ep``); writes the ``len(out)`` best rows -> evaluations.
 
     ``mark[node] == tag`` means visited (an int32 stamp array reused with a new
     ``tag`` per walk). ``skip``: ``(n,)`` uint8, nonzero rows are walked through
-    but never returned (deleted, filtered out); empty: none skipped.
+    but never returned (deleted, filtered out); empty: none skipped. ``codes``
+    (``(n, D)`` uint8, or empty: the float32 rows) with ``qs``/``c0``/``sqn``: see
+    :func:`gap_code`.
     """
     dim = q.shape[0]
     masked = skip.shape[0] > 0
@@ -237,6 +278,7 @@ def _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, i
     cand_i = np.empty(heap, dtype=np.int64)
     res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
     res_i = np.empty(cap, dtype=np.int64)
+    fresh = np.empty(cum[1] - cum[0], dtype=np.int64)
     nc = 1
     nr = 0
     evals = 0
@@ -252,20 +294,22 @@ def _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, i
         _sift_down(cand_d, cand_i, nc, 1)
         if nr >= ef and d_c > res_d[0]:
             break
-        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):  # start loading the rows first
+        todo = 0
+        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):  # the unvisited neighbours
             nb = neighbors[s]
             if nb < 0:
                 break
             if mark[nb] != tag:
-                prefetch_row(bases, offsets_rows, nb, dim)
-        for s in range(node_off[c] + cum[0], node_off[c] + cum[1]):
-            nb = neighbors[s]
-            if nb < 0:
-                break
-            if mark[nb] == tag:
-                continue
-            mark[nb] = tag
-            d = gap_query(q, nq, qt, row_view(bases, offsets_rows, nb, dim), inv_c)
+                mark[nb] = tag
+                fresh[todo] = nb
+                todo += 1
+        for j in range(min(todo, PREFETCH_AHEAD)):
+            _walk_prefetch(codes, bases, offsets_rows, fresh[j], dim)
+        for j in range(todo):
+            if j + PREFETCH_AHEAD < todo:  # keep a few rows in flight while this one is computed
+                _walk_prefetch(codes, bases, offsets_rows, fresh[j + PREFETCH_AHEAD], dim)
+            nb = fresh[j]
+            d = _walk_gap(q, nq, qt, qs, c0, codes, sqn, bases, offsets_rows, nb, inv_c)
             evals += 1
             if nr < ef or d < res_d[0]:
                 if nc < heap:
@@ -289,36 +333,50 @@ def _beam0(q, nq, qt, ep, d_ep, bases, offsets_rows, neighbors, node_off, cum, i
 
 @njit(cache=True, parallel=True, nogil=True)
 def _search_batch(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, skip,
-                  chunks, out, evals):
+                  codes, lo, step, sqn, chunks, out, evals):
     n = levels.shape[0]
     m = queries.shape[0]
     for c in prange(chunks):
         mark = np.zeros(n, dtype=np.int32)
-        lo = m * c // chunks
-        for i in range(lo, m * (c + 1) // chunks):
+        first = m * c // chunks
+        for i in range(first, m * (c + 1) // chunks):
             evals[i] = _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry,
-                                   max_level, 1.0 / curv, ef, skip, mark, np.int32(i - lo + 1), out[i])
+                                   max_level, 1.0 / curv, ef, skip, codes, lo, step, sqn, mark, np.int32(i - first + 1),
+                                   out[i])
 
 
 @njit(cache=True, nogil=True)
 def _search_serial(queries, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, curv, ef, skip,
-                   chunks, out, evals):
+                   codes, lo, step, sqn, chunks, out, evals):
     mark = np.zeros(levels.shape[0], dtype=np.int32)
     for i in range(queries.shape[0]):
         evals[i] = _search_one(queries[i], bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level,
-                               1.0 / curv, ef, skip, mark, np.int32(i + 1), out[i])
+                               1.0 / curv, ef, skip, codes, lo, step, sqn, mark, np.int32(i + 1), out[i])
 
 
 _NO_SKIP = np.zeros(0, dtype=np.uint8)
+_NO_CODES = np.zeros((0, 1), dtype=np.uint8)
+_NO_NORMS = np.zeros(0, dtype=np.float32)
+
+
+def _code_args(codes: Codes | None, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernels' ``codes, lo, step, sqn``; empty arrays walk the float32 rows."""
+    if codes is None:
+        none = np.zeros(0, np.float32)
+        return np.zeros((0, dim), np.uint8), np.zeros(dim, np.float32), np.ones(dim, np.float32), none
+    if codes.codes.shape[1] != dim:
+        raise ValueError(f"navigation codes of dimension {codes.codes.shape[1]} for queries of {dim}")
+    return codes.codes, codes.lo, codes.step, codes.sqnorm
 
 
 def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc: int, ef: int,
-           skip: np.ndarray | None = None, evals: np.ndarray | None = None) -> np.ndarray:
+           skip: np.ndarray | None = None, evals: np.ndarray | None = None, codes: Codes | None = None) -> np.ndarray:
     """Candidate rows ``(m, kc)`` int64 (``-1`` padded) for ``queries: (m, dim)`` float32.
 
     ``ef``: beam width (at least ``kc`` is used). ``skip: (n,)`` uint8/bool, nonzero
     rows never returned. ``evals: (m,)`` int64, if given, receives the distance
-    evaluations of each query (the walk's cost).
+    evaluations of each query (the walk's cost). ``codes``: the graph's 8-bit
+    navigation codes (:mod:`hyperret.search.codes`), read instead of the rows.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     out = np.full((q.shape[0], kc), -1, dtype=np.int64)
@@ -332,7 +390,8 @@ def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc:
     chunks = min(q.shape[0], 4 * numba.get_num_threads())
     parallel.run(_search_serial, _search_batch, q.shape[0],
                  q, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum, graph.levels,
-                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), mask, chunks, out, evals)
+                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), mask, *_code_args(codes, q.shape[1]),
+                 chunks, out, evals)
     return out
 
 
@@ -350,7 +409,8 @@ def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, 
     for j in range(dim):
         nq += np.float64(q[j]) * np.float64(q[j])
     qt = math.sqrt(inv_c + nq)
-    _beam0(q, nq, qt, g0, 0.0, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef, skip, stamp, tag, out)
+    _beam0(q, nq, qt, q, 0.0, _NO_CODES, _NO_NORMS, g0, 0.0, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef,
+           skip, stamp, tag, out)
 
 
 @njit(cache=True, parallel=True, nogil=True)

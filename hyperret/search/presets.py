@@ -48,6 +48,10 @@ class Preset:
     #: (fast); "lorentz" builds it in the exact metric (hyperret.search.hnsw; slower to build,
     #: keeps far-out points reachable)
     graph_metric: str = "proxy"
+    #: Lorentz-walked graphs: "sq8" keeps 8-bit navigation codes of the rows beside the links
+    #: (hyperret.search.codes; a quarter of the raw vectors' bytes), read by the walk instead
+    #: of the float32 rows; "": the walk reads the rows
+    codes: str = ""
     #: the recall@10 the search aims for when a call names neither ``recall`` nor ``ef``/``nprobe``
     #: (picked from the index's measured recall curve; 0: the preset's fixed ``search`` knobs)
     default_recall: float = 0.0
@@ -79,6 +83,8 @@ class Preset:
             raise PresetError(f"{where}: navigate must be 'proxy' or 'lorentz', got {p.navigate!r}")
         if p.graph_metric not in ("proxy", "lorentz"):
             raise PresetError(f"{where}: graph_metric must be 'proxy' or 'lorentz', got {p.graph_metric!r}")
+        if p.codes not in ("", "sq8"):
+            raise PresetError(f"{where}: codes must be 'sq8' or '', got {p.codes!r}")
         if not 0.0 <= p.default_recall <= 1.0:
             raise PresetError(f"{where}: default_recall must be in [0, 1], got {p.default_recall!r}")
         if p.k_factor < 1 or p.k_extra < 0:

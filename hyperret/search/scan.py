@@ -36,8 +36,9 @@ def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: n
     qt = np.sqrt(1.0 / curv + nq)
     best_i = np.zeros((m, 0), dtype=np.int64)
     best_s = np.zeros((m, 0), dtype=np.float32)
+    norms = shards.sqnorms()
     for ids, block in _blocks(shards, rows, skip):
-        s = _gaps(q, nq, qt, block, curv)
+        s = _gaps(q, nq, qt, block, norms[ids], curv)
         take = min(kc, s.shape[1])
         part = np.argpartition(s, take - 1, axis=1)[:, :take] if take < s.shape[1] else np.tile(
             np.arange(s.shape[1]), (m, 1))
@@ -52,9 +53,8 @@ def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: n
     return out
 
 
-def _gaps(q: np.ndarray, nq: np.ndarray, qt: np.ndarray, x: np.ndarray, curv: float) -> np.ndarray:
-    """Gaps ``(m, b)`` float32 of queries ``q: (m, D)`` (norms ``nq``, times ``qt``) and rows ``x: (b, D)``."""
-    nx = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+def _gaps(q: np.ndarray, nq: np.ndarray, qt: np.ndarray, x: np.ndarray, nx: np.ndarray, curv: float) -> np.ndarray:
+    """Gaps ``(m, b)`` float32 of queries ``q: (m, D)`` (``|q|^2 = nq``, times ``qt``), rows ``x: (b, D)`` (``nx``)."""
     xt = np.sqrt(1.0 / curv + nx)
     dot = q @ x.T  # float32 BLAS
     radial = (nq[:, None] - nx[None, :]) / (qt[:, None] + xt[None, :])

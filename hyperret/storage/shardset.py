@@ -24,6 +24,14 @@ class ShardSet:
         self.offsets = np.zeros(len(self.arrays) + 1, dtype=np.int64)
         np.cumsum(counts, out=self.offsets[1:])
         self.bases = np.array([a.ctypes.data for a in self.arrays], dtype=np.int64)
+        self._sqnorms: np.ndarray | None = None
+
+    def sqnorms(self) -> np.ndarray:
+        """``|x|^2`` of every row -> ``(rows,)`` float64, computed once per set (the scan reads it per query)."""
+        if self._sqnorms is None:
+            parts = [np.einsum("ij,ij->i", a, a, dtype=np.float64) for a in self.arrays]
+            self._sqnorms = np.concatenate(parts) if parts else np.zeros(0, np.float64)
+        return self._sqnorms
 
     @property
     def rows(self) -> int:

@@ -171,3 +171,57 @@ def make_duplicates(n: int, dim: int, *, curv: float = 1.0, groups: int = 100, s
         group[members] = g
         offset[members[1:]] = d
     return DuplicateSet(x, group, offset, curv)
+
+
+def make_concept_cloud(n: int, dim: int = 64, *, curv: float = 1.0, n_concepts: int = 20,
+                       radii: tuple[float, float] = (1.0, 3.0), spread: float = 0.5, seed: int = 0,
+                       part: int = 0) -> np.ndarray:
+    """``n`` points around ``n_concepts`` concept centres -> ``(n, dim)`` float32 space components.
+
+    Each centre is a random tangent vector at the origin whose length (its geodesic
+    radius) is uniform in ``radii``; a point is its concept's centre plus isotropic
+    Gaussian noise of expected norm about ``spread`` (all ``dim`` directions, unlike
+    :func:`make_points`' ``intrinsic_dim``), carried onto the hyperboloid of curvature
+    ``-curv`` by the exponential map at the origin. Radii are curvature-free units (the
+    tangent vectors are scaled by ``1 / sqrt(curv)``). ``part`` draws a further batch of
+    the same collection (same centres, new points), as in :func:`make_points`.
+    """
+    if n < 0 or dim < 2 or n_concepts < 1:
+        raise ValueError("need n >= 0, dim >= 2, n_concepts >= 1")
+    rng = np.random.default_rng([seed, 1])
+    centres = _unit(rng.standard_normal((n_concepts, dim))) * rng.uniform(radii[0], radii[1], (n_concepts, 1))
+    rng = np.random.default_rng([seed, 1, part])
+    concept = rng.integers(0, n_concepts, n)
+    v = centres[concept] + spread * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return lorentz.exp_map0(v / np.sqrt(curv), curv).astype(np.float32)
+
+
+def make_heavy_tailed(n: int, dim: int = 64, *, curv: float = 1.0, rank: int = 16, isotropic: float = 0.5,
+                      tail: str = "lognormal", median_radius: float = 1.5, sigma: float = 0.6,
+                      pareto_alpha: float = 2.5, max_radius: float = 6.0, seed: int = 0,
+                      part: int = 0) -> np.ndarray:
+    """``n`` points with heavy-tailed radii -> ``(n, dim)`` float32 space components.
+
+    Directions: a Gaussian in a random ``rank``-dimensional subspace plus isotropic
+    Gaussian noise of relative size ``isotropic``, normalised (so uniform on the
+    sphere when ``rank >= dim`` or ``isotropic`` dominates, low-rank otherwise).
+    Geodesic radii: ``tail="lognormal"`` (median ``median_radius``, log-sd ``sigma``)
+    or ``"pareto"`` (``median_radius * (1 + Pareto(pareto_alpha)) / 2``, so a few points
+    lie far out), clipped to ``[0.05, max_radius]``; curvature-free units (the radius
+    is ``r / sqrt(curv)``). ``part`` draws a further batch of the same collection.
+    """
+    if n < 0 or dim < 2 or rank < 1:
+        raise ValueError("need n >= 0, dim >= 2, rank >= 1")
+    if tail not in ("lognormal", "pareto"):
+        raise ValueError(f"tail must be 'lognormal' or 'pareto', got {tail!r}")
+    rng = np.random.default_rng([seed, 2])
+    basis = _unit(rng.standard_normal((rank, dim)))
+    rng = np.random.default_rng([seed, 2, part])
+    direction = (rng.standard_normal((n, rank)) / np.sqrt(rank)) @ basis
+    direction += isotropic * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    if tail == "lognormal":
+        r = np.exp(np.log(median_radius) + sigma * rng.standard_normal(n))
+    else:
+        r = median_radius * (1.0 + rng.pareto(pareto_alpha, n)) / 2.0
+    r = np.clip(r, 0.05, max_radius) / np.sqrt(curv)
+    return lorentz.point_at_radius(_unit(direction), r, curv).astype(np.float32)
