@@ -23,7 +23,7 @@ def prepare_query(q, inv_c):
     return math.sqrt(rq2), math.sqrt(inv_c + rq2)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap_row(x, q, rq, tq, inv_c):
     """``(m, |x|^2, |x|^2 - |q|^2, x_t)`` of row ``x: (D,)`` float32 and query ``q`` (norm ``rq``, time ``tq``).
 
@@ -68,7 +68,7 @@ def gap_row(x, q, rq, tq, inv_c):
     return m, rx2, num, tx
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def distance_row(x, q, rq, tq, inv_c, curv):
     """Stable geodesic distance (curvature ``-curv``) of row ``x: (D,)`` to query ``q``."""
     m = gap_row(x, q, rq, tq, inv_c)[0]

@@ -73,7 +73,7 @@ def row_view(bases, offsets, g, dim):
     return numba.carray(_f32_ptr(bases[s] + (g - offsets[s]) * dim * 4), (dim,))
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def sqnorm(v):
     """``|v|^2`` of a float32 vector ``(D,)``, summed in float64."""
     s = 0.0

@@ -114,7 +114,7 @@ class Graph:
                    int(h.entry_point), int(h.max_level), index)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def sq32(x):
     """``|x|^2`` of a float32 row, summed in float64, returned as float32 (the build's per-row norms)."""
     s = 0.0
@@ -124,7 +124,7 @@ def sq32(x):
     return np.float32(s)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap32(q, nq, qt, x, nx, inv_c):
     """The gap ``-<q, x>_L - 1/c >= 0`` of a query (``|q|^2 = nq``, time ``qt``) and a row (``|x|^2 = nx``).
 
@@ -141,7 +141,7 @@ def gap32(q, nq, qt, x, nx, inv_c):
     return max(0.5 * (d2 - t * t), 0.0)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap_query(q, nq, qt, x, inv_c):
     """:func:`gap32` of a query and a row whose norm is computed in the same pass."""
     d2 = np.float32(0.0)
@@ -157,7 +157,7 @@ def gap_query(q, nq, qt, x, inv_c):
     return max(0.5 * (d2 - t * t), 0.0)
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")
+@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap_code(qs, c0, nq, qt, code, nx, inv_c):
     """:func:`gap32` with ``q.x`` from a row's 8-bit codes: ``c0 + qs.code`` (``qs = q * step``, ``c0 = q.lo``)."""
     dot = np.float32(0.0)
@@ -185,7 +185,7 @@ def _walk_prefetch(codes, bases, offsets_rows, nb, dim):
 
 
 @njit(cache=True, inline="always")
-def _sift_up(hd, hi, pos, sign):
+def sift_up(hd, hi, pos, sign):
     """Restore a binary heap (min-heap if sign=1, max-heap if sign=-1) after a push."""
     while pos > 0:
         parent = (pos - 1) >> 1
@@ -198,7 +198,7 @@ def _sift_up(hd, hi, pos, sign):
 
 
 @njit(cache=True, inline="always")
-def _sift_down(hd, hi, size, sign):
+def sift_down(hd, hi, size, sign):
     """Restore a binary heap after its root was replaced."""
     pos = 0
     while True:
@@ -291,7 +291,7 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
         d_c, c = cand_d[0], cand_i[0]
         nc -= 1
         cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-        _sift_down(cand_d, cand_i, nc, 1)
+        sift_down(cand_d, cand_i, nc, 1)
         if nr >= ef and d_c > res_d[0]:
             break
         todo = 0
@@ -314,17 +314,17 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
             if nr < ef or d < res_d[0]:
                 if nc < heap:
                     cand_d[nc], cand_i[nc] = d, nb
-                    _sift_up(cand_d, cand_i, nc, 1)
+                    sift_up(cand_d, cand_i, nc, 1)
                     nc += 1
                 if masked and skip[nb]:
                     continue
                 res_d[nr], res_i[nr] = d, nb
-                _sift_up(res_d, res_i, nr, -1)
+                sift_up(res_d, res_i, nr, -1)
                 nr += 1
                 if nr > ef:  # drop the worst
                     nr -= 1
                     res_d[0], res_i[0] = res_d[nr], res_i[nr]
-                    _sift_down(res_d, res_i, nr, -1)
+                    sift_down(res_d, res_i, nr, -1)
     order = np.argsort(res_d[:nr], kind="mergesort")
     for j in range(min(out.shape[0], nr)):
         out[j] = res_i[order[j]]

@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from ..kernels.rows import prefetch_row, row_view
 from ..storage.shardset import ShardSet
-from .graph import Graph, _sift_down, _sift_up, gap32, sq32
+from .graph import Graph, gap32, sift_down, sift_up, sq32
 
 #: A batch holds at most this fraction of the rows already in the graph (and >= 1 row).
 BATCH_FRACTION = 0.02
@@ -181,7 +181,7 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
         d_c, c = cand_d[0], cand_i[0]
         nc -= 1
         cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-        _sift_down(cand_d, cand_i, nc, 1)
+        sift_down(cand_d, cand_i, nc, 1)
         if nr >= ef and d_c > res_d[0]:
             break
         for s in range(node_off[c] + lo, node_off[c] + hi):
@@ -201,15 +201,15 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
             if nr < ef or d < res_d[0]:
                 if nc < size:
                     cand_d[nc], cand_i[nc] = d, nb
-                    _sift_up(cand_d, cand_i, nc, 1)
+                    sift_up(cand_d, cand_i, nc, 1)
                     nc += 1
                 res_d[nr], res_i[nr] = d, nb
-                _sift_up(res_d, res_i, nr, -1)
+                sift_up(res_d, res_i, nr, -1)
                 nr += 1
                 if nr > ef:
                     nr -= 1
                     res_d[0], res_i[0] = res_d[nr], res_i[nr]
-                    _sift_down(res_d, res_i, nr, -1)
+                    sift_down(res_d, res_i, nr, -1)
     order = np.argsort(res_d[:nr], kind="mergesort")
     for j in range(nr):
         out_d[j] = res_d[order[j]]

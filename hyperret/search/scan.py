@@ -2,9 +2,10 @@
 
 The gap ``-<q, x>_L - 1/c = (|q - x|^2 - (q_t - x_t)^2) / 2`` is evaluated for a
 block of rows at a time as ``(|q|^2 + |x|^2 - 2 q.x - ((|q|^2 - |x|^2) / (q_t + x_t))^2) / 2``:
-one BLAS product per block, the rest elementwise. Unlike the inner-product reduction
+one BLAS product per block, the rest per pair. Unlike the inner-product reduction
 ``q_t x_t - q.x`` it never subtracts two values of size ``1/c``, so a small curvature
-(``1/c = 10^4``) costs no precision. The ``kc`` smallest per query are the candidates;
+(``1/c = 10^4``) costs no precision. A Numba pass per block
+turns the products into gaps and keeps each query's ``kc`` smallest in a heap:
 the exact rerank decides among them. Used for small indexes (where it beats a graph),
 filters that match few rows, and the recall measurements' ground truth.
 """
@@ -12,11 +13,13 @@ filters that match few rows, and the recall measurements' ground truth.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
+from ..kernels import parallel
 from ..storage.shardset import ShardSet
 
-#: Rows per matrix product: (queries x block) float32 scores stay a few tens of MB.
-_BLOCK = 8192
+#: Rows per matrix product: (queries x block) float32 products stay a few tens of MB.
+_BLOCK = 16384
 
 
 def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: np.ndarray | None = None,
@@ -28,39 +31,78 @@ def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: n
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     m = q.shape[0]
-    out = np.full((m, kc), -1, dtype=np.int64)
     if m == 0 or kc == 0:
-        return out
+        return np.full((m, kc), -1, dtype=np.int64)
     q64 = q.astype(np.float64)
     nq = np.einsum("ij,ij->i", q64, q64)
     qt = np.sqrt(1.0 / curv + nq)
-    best_i = np.zeros((m, 0), dtype=np.int64)
-    best_s = np.zeros((m, 0), dtype=np.float32)
     norms = shards.sqnorms()
+    times = np.sqrt(1.0 / curv + norms)
+    heap_d = np.full((m, kc), np.inf, dtype=np.float64)
+    heap_i = np.full((m, kc), -1, dtype=np.int64)
+    sizes = np.zeros(m, dtype=np.int64)
     for ids, block in _blocks(shards, rows, skip):
-        s = _gaps(q, nq, qt, block, norms[ids], curv)
-        take = min(kc, s.shape[1])
-        part = np.argpartition(s, take - 1, axis=1)[:, :take] if take < s.shape[1] else np.tile(
-            np.arange(s.shape[1]), (m, 1))
-        best_i = np.hstack([best_i, ids[part]])
-        best_s = np.hstack([best_s, np.take_along_axis(s, part, 1)])
-        if best_i.shape[1] > kc:
-            top = np.argpartition(best_s, kc - 1, axis=1)[:, :kc]
-            best_i = np.take_along_axis(best_i, top, 1)
-            best_s = np.take_along_axis(best_s, top, 1)
-    order = np.argsort(best_s, axis=1, kind="stable")
-    out[:, : best_i.shape[1]] = np.take_along_axis(best_i, order, 1)
-    return out
+        dot = q @ block.T  # float32 BLAS, (m, b)
+        parallel.run(_select_serial, _select_parallel, m, dot, nq, qt, norms[ids], times[ids], ids, heap_d, heap_i,
+                     sizes)
+    order = np.argsort(heap_d, axis=1, kind="stable")
+    return np.take_along_axis(heap_i, order, 1)
 
 
-def _gaps(q: np.ndarray, nq: np.ndarray, qt: np.ndarray, x: np.ndarray, nx: np.ndarray, curv: float) -> np.ndarray:
-    """Gaps ``(m, b)`` float32 of queries ``q: (m, D)`` (``|q|^2 = nq``, times ``qt``), rows ``x: (b, D)`` (``nx``)."""
-    xt = np.sqrt(1.0 / curv + nx)
-    dot = q @ x.T  # float32 BLAS
-    radial = (nq[:, None] - nx[None, :]) / (qt[:, None] + xt[None, :])
-    g = (nq[:, None] + nx[None, :]).astype(np.float32) - 2.0 * dot
-    g -= (radial * radial).astype(np.float32)
-    return g
+@njit(cache=True, inline="always")
+def _push(hd, hi, size, d, i):
+    """Offer ``(d, i)`` to a max-heap of the ``len(hd)`` smallest; returns its new size."""
+    cap = hd.shape[0]
+    if size < cap:
+        pos = size
+        hd[pos], hi[pos] = d, i
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if hd[pos] <= hd[parent]:
+                break
+            hd[pos], hd[parent] = hd[parent], hd[pos]
+            hi[pos], hi[parent] = hi[parent], hi[pos]
+            pos = parent
+        return size + 1
+    if d >= hd[0]:
+        return size
+    hd[0], hi[0] = d, i
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= cap:
+            break
+        big = left + 1 if left + 1 < cap and hd[left + 1] > hd[left] else left
+        if hd[big] <= hd[pos]:
+            break
+        hd[pos], hd[big] = hd[big], hd[pos]
+        hi[pos], hi[big] = hi[big], hi[pos]
+        pos = big
+    return size
+
+
+@njit(cache=True)
+def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
+    """Gaps of query ``i`` to a block (``dot[i] = q.x``) offered to its heap of the ``kc`` smallest."""
+    hd, hi, size = heap_d[i], heap_i[i], sizes[i]
+    a, t0 = nq[i], qt[i]
+    for j in range(dot.shape[1]):
+        r = (a - nx[j]) / (t0 + xt[j])
+        g = 0.5 * (a + nx[j] - r * r) - np.float64(dot[i, j])
+        size = _push(hd, hi, size, g, ids[j])
+    sizes[i] = size
+
+
+@njit(cache=True, parallel=True)
+def _select_parallel(dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
+    for i in prange(dot.shape[0]):
+        _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes)
+
+
+@njit(cache=True)
+def _select_serial(dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
+    for i in range(dot.shape[0]):
+        _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes)
 
 
 def _blocks(shards: ShardSet, rows: np.ndarray | None, skip: np.ndarray | None):
