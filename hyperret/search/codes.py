@@ -2,12 +2,15 @@
 
 A graph walk is bound by memory: each step loads whole rows (3 KB at dim 768)
 from random places. With ``codes = "sq8"`` a Lorentz-walked graph keeps, beside
-its links, each row as one byte per dimension (per-dimension scalar quantisation
-over the rows' range: ``x_j ~ lo_j + step_j * code_j``) and each row's exact
-``|x|^2``. The walk's gap ``(|q|^2 + |x|^2 - 2 q.x - ((|q|^2 - |x|^2)/(q_t + x_t))^2) / 2``
-then needs only ``q.x``, taken from the codes as ``q.lo + (q * step).code``: the
-norms, and so the radial term that dominates far from the origin, stay exact. The
-walk only orders rows; the rerank reads the float32 rows and decides.
+its links, each row's *direction* ``u = x / |x|`` as one byte per dimension
+(per-dimension scalar quantisation over the directions' range:
+``u_j ~ lo_j + step_j * code_j``) and each row's exact ``|x|^2``. The walk's gap
+``(|q|^2 + |x|^2 - 2 q.x - ((|q|^2 - |x|^2)/(q_t + x_t))^2) / 2`` then needs only
+``q.x = |x| (q.lo + (q * step).code)``: the norms, and so the radial term that
+dominates far from the origin, stay exact, and coding directions (not coordinates)
+keeps the error relative to each row's norm, so heavy-tailed radii cost no precision
+near the origin. The walk only orders rows; the rerank reads the float32 rows and
+decides.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ _BLOCK = 65_536
 
 @dataclass(frozen=True)
 class Codes:
-    """Per-row uint8 codes ``(n, D)``, their decoding ``lo``/``step`` ``(D,)`` float32, and ``|x|^2`` ``(n,)``."""
+    """Per-row uint8 codes of the directions ``(n, D)``, their decoding ``lo``/``step`` ``(D,)``, ``|x|^2`` ``(n,)``."""
 
     codes: np.ndarray
     lo: np.ndarray
@@ -41,7 +44,7 @@ class Codes:
         hi = np.full(dim, -np.inf, dtype=np.float32)
         for s in spaces:
             for b in range(0, len(s), _BLOCK):
-                block = np.asarray(s[b : b + _BLOCK], dtype=np.float32)
+                block = _directions(np.asarray(s[b : b + _BLOCK], dtype=np.float32))
                 lo = np.minimum(lo, block.min(axis=0))
                 hi = np.maximum(hi, block.max(axis=0))
         if not np.isfinite(lo).all():  # no rows
@@ -56,7 +59,8 @@ class Codes:
         for s in spaces:
             for b in range(0, len(s), _BLOCK):
                 block = np.asarray(s[b : b + _BLOCK], dtype=np.float32)
-                parts.append(np.clip(np.rint((block - self.lo) / self.step), 0, 255).astype(np.uint8))
+                u = _directions(block)
+                parts.append(np.clip(np.rint((u - self.lo) / self.step), 0, 255).astype(np.uint8))
                 norms.append(np.einsum("ij,ij->i", block, block, dtype=np.float64).astype(np.float32))
         return Codes(np.ascontiguousarray(np.concatenate(parts)), self.lo, self.step, np.concatenate(norms))
 
@@ -82,3 +86,9 @@ class Codes:
         if not (np.isfinite(sq).all() and (sq >= 0).all()):
             raise ValueError("navigation norms are not finite and non-negative")
         return cls(arrays["codes"].reshape(rows, dim), lo, step, sq)
+
+
+def _directions(x: np.ndarray) -> np.ndarray:
+    """``x / |x|`` per row ``(b, D)`` float32 (a zero row stays zero)."""
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    return (x / np.where(norm > 0, norm, 1.0)[:, None]).astype(np.float32)

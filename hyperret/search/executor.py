@@ -92,17 +92,19 @@ def ranked(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: in
         if settings.ef is not None:  # the beam sets the candidates too: a narrow beam is a fast search
             kc = min(kc, settings.ef)
     kc = max(kc, k)
-    base = None
-    if snap.deleted is not None or settings.allowed is not None:
-        base = np.zeros(n, dtype=np.uint8)
-        if settings.allowed is not None:
-            base[~settings.allowed] = 3
+    base: np.ndarray | None = snap.deleted  # rows never returned: deleted, and rejected by the predicate
+    if settings.allowed is not None:
+        base = np.where(settings.allowed, 0, 3).astype(np.uint8)
         if snap.deleted is not None:
             base[snap.deleted] = 2
     if len(plan.plain):
         _run(snap, plan, plan.plain, base, k, kc, curv, settings, rows, dist)
     if len(plan.filtered) and labels is not None:  # search() refuses filter where rows have no labels
-        skip = labels.astype(np.uint8) if base is None else np.where(base > 0, base, labels.astype(np.uint8))
+        if settings.allowed is None:
+            skip = snap.skip_codes(labels)  # unsafe 1, deleted 2 (cached per snapshot)
+        else:
+            assert base is not None
+            skip = np.where(base > 0, base, labels.astype(np.uint8))
         _run(snap, plan, plan.filtered, skip, k, kc, curv, settings, rows, dist, filtered=True)
     return rows, dist
 
@@ -118,7 +120,7 @@ def _run(snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, 
         q = plan.queries[todo]
         cand = scan(q, snap.shardset, curv, min(kc, max(allowed, 1)), skip=skip)
         rows[todo], dist[todo] = rerank(q, cand, snap.shardset, curv, k, skip=skip)
-        unsafe_out = int(np.count_nonzero(skip == 1)) if filtered and skip is not None else 0
+        unsafe_out = int(np.count_nonzero(np.asarray(skip) == 1)) if filtered and skip is not None else 0
         for i in todo:
             p = plan.plans[i]
             p.candidates, p.scanned = int(cand.shape[1]), allowed

@@ -159,11 +159,11 @@ def gap_query(q, nq, qt, x, inv_c):
 
 @njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap_code(qs, c0, nq, qt, code, nx, inv_c):
-    """:func:`gap32` with ``q.x`` from a row's 8-bit codes: ``c0 + qs.code`` (``qs = q * step``, ``c0 = q.lo``)."""
+    """:func:`gap32` with ``q.x = |x| (c0 + qs.code)`` from 8-bit direction codes (``qs = q step``, ``c0 = q.lo``)."""
     dot = np.float32(0.0)
     for j in range(qs.shape[0]):
         dot += qs[j] * np.float32(code[j])
-    d2 = nq + nx - 2.0 * (np.float64(dot) + c0)
+    d2 = nq + nx - 2.0 * math.sqrt(nx) * (np.float64(dot) + c0)  # the codes hold the direction x / |x|
     t = (nq - nx) / (qt + math.sqrt(inv_c + nx))
     return max(0.5 * (d2 - t * t), 0.0)
 
