@@ -220,6 +220,16 @@ def sift_down(hd, hi, size, sign):
 PREFETCH_AHEAD = 4
 
 
+@njit(cache=True, inline="always")
+def pop_nearest(cand_d, cand_i, nc):
+    """Take the root of a min-heap of ``nc`` entries -> ``(distance, node, nc - 1)``."""
+    d, i = cand_d[0], cand_i[0]
+    nc -= 1
+    cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
+    sift_down(cand_d, cand_i, nc, 1)
+    return d, i, nc
+
+
 @njit(cache=True, nogil=True)
 def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry, max_level, inv_c, ef, skip,
                 codes, lo, step, sqn, mark, tag, out):
@@ -288,10 +298,7 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
         nr = 1
     mark[ep] = tag
     while nc > 0:
-        d_c, c = cand_d[0], cand_i[0]
-        nc -= 1
-        cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-        sift_down(cand_d, cand_i, nc, 1)
+        d_c, c, nc = pop_nearest(cand_d, cand_i, nc)
         if nr >= ef and d_c > res_d[0]:
             break
         todo = 0

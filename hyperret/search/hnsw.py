@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from ..kernels.rows import prefetch_row, row_view
 from ..storage.shardset import ShardSet
-from .graph import Graph, gap32, sift_down, sift_up, sq32
+from .graph import Graph, gap32, pop_nearest, sift_down, sift_up, sq32
 
 #: A batch holds at most this fraction of the rows already in the graph (and >= 1 row).
 BATCH_FRACTION = 0.02
@@ -178,10 +178,7 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
     mark[ep] = tag
     lo, hi = cum[level], cum[level + 1]
     while nc > 0:
-        d_c, c = cand_d[0], cand_i[0]
-        nc -= 1
-        cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-        sift_down(cand_d, cand_i, nc, 1)
+        d_c, c, nc = pop_nearest(cand_d, cand_i, nc)
         if nr >= ef and d_c > res_d[0]:
             break
         for s in range(node_off[c] + lo, node_off[c] + hi):

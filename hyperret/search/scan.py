@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
+from ..kernels.rows import FASTMATH
 from ..storage.shardset import ShardSet
 
 #: Rows per matrix product: (queries x block) float32 products stay a few tens of MB.
@@ -81,15 +82,25 @@ def _push(hd, hi, size, d, i):
     return size
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
-    """Gaps of query ``i`` to a block (``dot[i] = q.x``) offered to its heap of the ``kc`` smallest."""
+    """Gaps of query ``i`` to a block (``dot[i] = q.x``) offered to its heap of the ``kc`` smallest.
+
+    Two passes: the gaps of the whole block (vectorised), then only those below the
+    heap's current worst are pushed (few, once the heap is full).
+    """
     hd, hi, size = heap_d[i], heap_i[i], sizes[i]
     a, t0 = nq[i], qt[i]
-    for j in range(dot.shape[1]):
+    b = dot.shape[1]
+    g = np.empty(b, dtype=np.float64)
+    for j in range(b):
         r = (a - nx[j]) / (t0 + xt[j])
-        g = 0.5 * (a + nx[j] - r * r) - np.float64(dot[i, j])
-        size = _push(hd, hi, size, g, ids[j])
+        g[j] = 0.5 * (a + nx[j] - r * r) - np.float64(dot[i, j])
+    worst = hd[0] if size == hd.shape[0] else np.inf
+    for j in range(b):
+        if g[j] < worst:
+            size = _push(hd, hi, size, g[j], ids[j])
+            worst = hd[0] if size == hd.shape[0] else np.inf
     sizes[i] = size
 
 
