@@ -72,6 +72,11 @@ class Settings:
 SCAN_FRACTION = 0.02
 
 
+def scan_width(k: int) -> int:
+    """Candidates the exhaustive scan hands the rerank: a margin for float32 near-ties (as the exact preset)."""
+    return max(2 * k, k + 16)
+
+
 def ranked(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: int | None,
            curv: float, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
     """The exact top ``k`` rows and distances ``(m, k)`` of each planned query (blocked: none).
@@ -118,7 +123,8 @@ def _run(snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, 
     allowed = n if skip is None else int(n - np.count_nonzero(skip))
     if settings.scans(allowed, n):
         q = plan.queries[todo]
-        cand = scan(q, snap.shardset, curv, min(kc, max(allowed, 1)), skip=skip)
+        width = min(kc, scan_width(k), max(allowed, 1))  # the scan's order is exact up to rounding
+        cand = scan(q, snap.shardset, curv, width, skip=skip)
         rows[todo], dist[todo] = rerank(q, cand, snap.shardset, curv, k, skip=skip)
         unsafe_out = int(np.count_nonzero(np.asarray(skip) == 1)) if filtered and skip is not None else 0
         for i in todo:
