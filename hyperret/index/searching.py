@@ -64,8 +64,9 @@ class Searches(Writes):
         applied :meth:`dedup` (else ``hyperret.dedup.DEFAULT_SEARCH_RADIUS``); a
         number is the radius itself.
         ``recall``: the recall@10 to reach, as this index measured it on its own rows
-        (``info()["recall"]``): the smallest setting that reached it, or the exhaustive
-        scan where none did. ``ef`` (graphs) / ``nprobe`` (IVF) set the knob directly.
+        (``info()["recall"]``): the smallest setting that reached it plus a 0.01 margin
+        (:data:`hyperret.search.recall.MARGIN`), or the exhaustive scan where none did.
+        ``ef`` (graphs) / ``nprobe`` (IVF) set the knob directly.
         Neither: the preset's ``default_recall`` (``fast``: 0.98). Whatever is asked,
         the exhaustive scan answers where it was measured faster (small indexes).
         ``where``: a predicate on the metadata columns (:mod:`hyperret.search.predicates`),
