@@ -139,7 +139,7 @@ class Searches(Writes):
         stage = snap.stage
         if stage is None:
             return Settings(allowed=allowed)
-        cal = Calibration.from_dict(snap.manifest.calibration)
+        cal = self._calibration(snap)
         scan_row_s = cal.scan_seconds / cal.rows if cal is not None and cal.rows else 0.0
 
         def walk_s(setting: int | None) -> float:
@@ -164,6 +164,15 @@ class Searches(Writes):
         return Settings(ef=setting if cal.knob == "ef" else None, nprobe=setting if cal.knob == "nprobe" else None,
                         scan=cal.prefer_scan(setting), allowed=allowed, walk_seconds=walk_s(setting),
                         scan_row_seconds=scan_row_s)
+
+    def _calibration(self, snap: Snapshot) -> Calibration | None:
+        """The snapshot's recall curve, checked once per snapshot (a search reads it on every call)."""
+        cached = getattr(self, "_calibration_cache", None)
+        if cached is not None and cached[0] is snap.manifest:
+            return cached[1]
+        cal = Calibration.from_dict(snap.manifest.calibration)
+        self._calibration_cache = (snap.manifest, cal)  # one reference swap: safe across searching threads
+        return cal
 
     def _search_dedup_radius(self, dedup: bool | float) -> float | None:
         if dedup is False or dedup is None:
