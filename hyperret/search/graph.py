@@ -21,7 +21,8 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
-from ..kernels.rows import FASTMATH, prefetch, prefetch_row, row_view
+from ..kernels.heap import keep_smallest, pop_min, push_min
+from ..kernels.rows import FASTMATH, prefetch, prefetch_row, row_view, sqnorm
 from ..storage.shardset import ShardSet
 from .codes import Codes
 
@@ -115,16 +116,6 @@ class Graph:
 
 
 @njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
-def sq32(x):
-    """``|x|^2`` of a float32 row, summed in float64, returned as float32 (the build's per-row norms)."""
-    s = 0.0
-    for j in range(x.shape[0]):
-        xj = np.float64(x[j])
-        s += xj * xj
-    return np.float32(s)
-
-
-@njit(cache=True, fastmath=FASTMATH)  # no Numba inlining: it would compile the loop without fastmath
 def gap32(q, nq, qt, x, nx, inv_c):
     """The gap ``-<q, x>_L - 1/c >= 0`` of a query (``|q|^2 = nq``, time ``qt``) and a row (``|x|^2 = nx``).
 
@@ -184,50 +175,8 @@ def _walk_prefetch(codes, bases, offsets_rows, nb, dim):
         prefetch_row(bases, offsets_rows, nb, dim)
 
 
-@njit(cache=True, inline="always")
-def sift_up(hd, hi, pos, sign):
-    """Restore a binary heap (min-heap if sign=1, max-heap if sign=-1) after a push."""
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if sign * hd[pos] < sign * hd[parent]:
-            hd[pos], hd[parent] = hd[parent], hd[pos]
-            hi[pos], hi[parent] = hi[parent], hi[pos]
-            pos = parent
-        else:
-            break
-
-
-@njit(cache=True, inline="always")
-def sift_down(hd, hi, size, sign):
-    """Restore a binary heap after its root was replaced."""
-    pos = 0
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            break
-        best = left
-        if left + 1 < size and sign * hd[left + 1] < sign * hd[left]:
-            best = left + 1
-        if sign * hd[best] < sign * hd[pos]:
-            hd[pos], hd[best] = hd[best], hd[pos]
-            hi[pos], hi[best] = hi[best], hi[pos]
-            pos = best
-        else:
-            break
-
-
 #: Rows a walk keeps loading ahead of the one whose distance it computes.
 PREFETCH_AHEAD = 4
-
-
-@njit(cache=True, inline="always")
-def pop_nearest(cand_d, cand_i, nc):
-    """Take the root of a min-heap of ``nc`` entries -> ``(distance, node, nc - 1)``."""
-    d, i = cand_d[0], cand_i[0]
-    nc -= 1
-    cand_d[0], cand_i[0] = cand_d[nc], cand_i[nc]
-    sift_down(cand_d, cand_i, nc, 1)
-    return d, i, nc
 
 
 @njit(cache=True, nogil=True)
@@ -235,9 +184,7 @@ def _search_one(q, bases, offsets_rows, neighbors, node_off, cum, levels, entry,
                 codes, lo, step, sqn, mark, tag, out):
     """Beam search for one query; writes the ``len(out)`` best rows not skipped into ``out`` -> evaluations."""
     dim = q.shape[0]
-    nq = 0.0
-    for j in range(dim):
-        nq += np.float64(q[j]) * np.float64(q[j])
+    nq = sqnorm(q)
     qt = math.sqrt(inv_c + nq)
     qs = np.empty(dim, dtype=np.float32)
     c0 = 0.0
@@ -286,8 +233,8 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
     heap = min(mark.shape[0], 64 * cap)
     cand_d = np.empty(heap, dtype=np.float64)  # min-heap: frontier
     cand_i = np.empty(heap, dtype=np.int64)
-    res_d = np.empty(cap, dtype=np.float64)  # max-heap: best ef so far
-    res_i = np.empty(cap, dtype=np.int64)
+    res_d = np.empty(ef, dtype=np.float64)  # max-heap: best ef so far
+    res_i = np.empty(ef, dtype=np.int64)
     fresh = np.empty(cum[1] - cum[0], dtype=np.int64)
     nc = 1
     nr = 0
@@ -298,7 +245,7 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
         nr = 1
     mark[ep] = tag
     while nc > 0:
-        d_c, c, nc = pop_nearest(cand_d, cand_i, nc)
+        d_c, c, nc = pop_min(cand_d, cand_i, nc)
         if nr >= ef and d_c > res_d[0]:
             break
         todo = 0
@@ -319,19 +266,9 @@ def _beam0(q, nq, qt, qs, c0, codes, sqn, ep, d_ep, bases, offsets_rows, neighbo
             d = _walk_gap(q, nq, qt, qs, c0, codes, sqn, bases, offsets_rows, nb, inv_c)
             evals += 1
             if nr < ef or d < res_d[0]:
-                if nc < heap:
-                    cand_d[nc], cand_i[nc] = d, nb
-                    sift_up(cand_d, cand_i, nc, 1)
-                    nc += 1
-                if masked and skip[nb]:
-                    continue
-                res_d[nr], res_i[nr] = d, nb
-                sift_up(res_d, res_i, nr, -1)
-                nr += 1
-                if nr > ef:  # drop the worst
-                    nr -= 1
-                    res_d[0], res_i[0] = res_d[nr], res_i[nr]
-                    sift_down(res_d, res_i, nr, -1)
+                nc = push_min(cand_d, cand_i, nc, d, nb)
+                if not (masked and skip[nb]):
+                    nr = keep_smallest(res_d, res_i, nr, d, nb)
     order = np.argsort(res_d[:nr], kind="mergesort")
     for j in range(min(out.shape[0], nr)):
         out[j] = res_i[order[j]]
@@ -397,7 +334,7 @@ def search(graph: Graph, queries: np.ndarray, shards: ShardSet, curv: float, kc:
     chunks = min(q.shape[0], 4 * numba.get_num_threads())
     parallel.run(_search_serial, _search_batch, q.shape[0],
                  q, shards.bases, shards.offsets, graph.neighbors, graph.offsets, graph.cum, graph.levels,
-                 graph.entry, graph.max_level, float(curv), max(int(ef), kc), mask, *_code_args(codes, q.shape[1]),
+                 graph.entry, graph.max_level, float(curv), max(int(ef), kc, 1), mask, *_code_args(codes, q.shape[1]),
                  chunks, out, evals)
     return out
 
@@ -412,9 +349,7 @@ def _walk_one(g0, dim, bases, offsets_rows, neighbors, node_off, cum, curv, ef, 
     """
     inv_c = 1.0 / curv
     q = row_view(bases, offsets_rows, g0, dim)
-    nq = 0.0
-    for j in range(dim):
-        nq += np.float64(q[j]) * np.float64(q[j])
+    nq = sqnorm(q)
     qt = math.sqrt(inv_c + nq)
     _beam0(q, nq, qt, q, 0.0, _NO_CODES, _NO_NORMS, g0, 0.0, bases, offsets_rows, neighbors, node_off, cum, inv_c, ef,
            skip, stamp, tag, out)

@@ -25,9 +25,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..kernels.heap import keep_smallest, pop_min, push_min
 from ..kernels.rows import prefetch_row, row_view
 from ..storage.shardset import ShardSet
-from .graph import Graph, gap32, pop_nearest, sift_down, sift_up, sq32
+from .graph import Graph, gap32
 
 #: A batch holds at most this fraction of the rows already in the graph (and >= 1 row).
 BATCH_FRACTION = 0.02
@@ -105,7 +106,8 @@ def _insert(shards: ShardSet, curv: float, m: int, efc: int, alpha: float, neigh
     """Insert nodes ``start ..`` in growing batches; returns the new entry point and top level."""
     n = int(levels.shape[0])
     dim = shards.dim
-    sq = _row_sqnorms(shards.bases, shards.offsets, n, dim)
+    efc = max(int(efc), 1)
+    sq = shards.sqnorms().astype(np.float32)
     threads = numba.get_num_threads()
     stamps = np.zeros((threads, n), dtype=np.int32)
     tags = np.zeros(threads, dtype=np.int64)
@@ -138,14 +140,6 @@ def _insert(shards: ShardSet, curv: float, m: int, efc: int, alpha: float, neigh
     return entry, max_level
 
 
-@njit(cache=True, parallel=True)
-def _row_sqnorms(bases, offsets_rows, n, dim):
-    out = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        out[i] = sq32(row_view(bases, offsets_rows, i, dim))
-    return out
-
-
 @njit(cache=True, inline="always")
 def _geodesic(gap, inv_c):
     """Geodesic distance of a gap ``g = (cosh(sqrt(c) d) - 1) / c`` (``inv_c = 1/c``)."""
@@ -171,14 +165,14 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
     size = 64 * cap
     cand_d = np.empty(size, dtype=np.float32)
     cand_i = np.empty(size, dtype=np.int64)
-    res_d = np.empty(cap, dtype=np.float32)
-    res_i = np.empty(cap, dtype=np.int64)
+    res_d = np.empty(ef, dtype=np.float32)
+    res_i = np.empty(ef, dtype=np.int64)
     nc, nr = 1, 1
     cand_d[0], cand_i[0], res_d[0], res_i[0] = d_ep, ep, d_ep, ep
     mark[ep] = tag
     lo, hi = cum[level], cum[level + 1]
     while nc > 0:
-        d_c, c, nc = pop_nearest(cand_d, cand_i, nc)
+        d_c, c, nc = pop_min(cand_d, cand_i, nc)
         if nr >= ef and d_c > res_d[0]:
             break
         for s in range(node_off[c] + lo, node_off[c] + hi):
@@ -196,17 +190,8 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
             mark[nb] = tag
             d = gap32(x, nx, xt, row_view(bases, offsets_rows, nb, dim), sq[nb], inv_c)
             if nr < ef or d < res_d[0]:
-                if nc < size:
-                    cand_d[nc], cand_i[nc] = d, nb
-                    sift_up(cand_d, cand_i, nc, 1)
-                    nc += 1
-                res_d[nr], res_i[nr] = d, nb
-                sift_up(res_d, res_i, nr, -1)
-                nr += 1
-                if nr > ef:
-                    nr -= 1
-                    res_d[0], res_i[0] = res_d[nr], res_i[nr]
-                    sift_down(res_d, res_i, nr, -1)
+                nc = push_min(cand_d, cand_i, nc, d, nb)
+                nr = keep_smallest(res_d, res_i, nr, d, nb)
     order = np.argsort(res_d[:nr], kind="mergesort")
     for j in range(nr):
         out_d[j] = res_d[order[j]]

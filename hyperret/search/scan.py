@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..kernels import parallel
+from ..kernels.heap import keep_smallest
 from ..kernels.rows import FASTMATH
 from ..storage.shardset import ShardSet
 
@@ -50,38 +51,6 @@ def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: n
     return np.take_along_axis(heap_i, order, 1)
 
 
-@njit(cache=True, inline="always")
-def _push(hd, hi, size, d, i):
-    """Offer ``(d, i)`` to a max-heap of the ``len(hd)`` smallest; returns its new size."""
-    cap = hd.shape[0]
-    if size < cap:
-        pos = size
-        hd[pos], hi[pos] = d, i
-        while pos > 0:
-            parent = (pos - 1) >> 1
-            if hd[pos] <= hd[parent]:
-                break
-            hd[pos], hd[parent] = hd[parent], hd[pos]
-            hi[pos], hi[parent] = hi[parent], hi[pos]
-            pos = parent
-        return size + 1
-    if d >= hd[0]:
-        return size
-    hd[0], hi[0] = d, i
-    pos = 0
-    while True:
-        left = 2 * pos + 1
-        if left >= cap:
-            break
-        big = left + 1 if left + 1 < cap and hd[left + 1] > hd[left] else left
-        if hd[big] <= hd[pos]:
-            break
-        hd[pos], hd[big] = hd[big], hd[pos]
-        hi[pos], hi[big] = hi[big], hi[pos]
-        pos = big
-    return size
-
-
 @njit(cache=True, fastmath=FASTMATH)
 def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     """Gaps of query ``i`` to a block (``dot[i] = q.x``) offered to its heap of the ``kc`` smallest.
@@ -99,7 +68,7 @@ def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     worst = hd[0] if size == hd.shape[0] else np.inf
     for j in range(b):
         if g[j] < worst:
-            size = _push(hd, hi, size, g[j], ids[j])
+            size = keep_smallest(hd, hi, size, g[j], ids[j])
             worst = hd[0] if size == hd.shape[0] else np.inf
     sizes[i] = size
 
