@@ -1,10 +1,16 @@
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-from hyperret.geometry import lorentz
-from hyperret.testing.synthetic import make_points
+# Without an NVIDIA GPU the CUDA kernels run on Numba's simulator (set before numba.cuda is imported).
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from hyperret.geometry import lorentz  # noqa: E402
+from hyperret.testing.synthetic import make_points  # noqa: E402
 
 
 @pytest.fixture

@@ -92,7 +92,8 @@ def test_no_import_cycles():
 
 def test_the_cycle_check_can_fail():
     graph = _graph()
-    assert "hyperret.search.rerank" in graph["hyperret.search.executor"]  # relative imports resolve
+    assert "hyperret.search.exact" in graph["hyperret.search.executor"]  # relative imports resolve
+    assert "hyperret.search.rerank" in graph["hyperret.search.exact"]
     assert "hyperret.kernels.distance" in graph["hyperret.search.rerank"]
     graph["hyperret.kernels.distance"].add("hyperret.search.executor")
     cycle = _find_cycle(graph)
@@ -128,5 +129,6 @@ def test_public_names_resolve_without_torch():
             " and getattr(hyperret, n, None) is None]\n"
             "assert not missing, missing\n"
             "assert 'torch' not in sys.modules, 'the vector path imported torch'\n"
+            "assert 'hyperret.cuda' not in sys.modules, 'the CPU path imported the GPU path'\n"
             "assert callable(hyperret.load_encoder) and hyperret.DedupResult.__name__ == 'DedupResult'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

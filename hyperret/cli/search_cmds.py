@@ -22,7 +22,10 @@ def search_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint for text/image queries (default: "
                                         "the one the index records; another is an error)."),
     arch: str | None = typer.Option(None, "--arch", help="Architecture for --model (default: the index's)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (for the model)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N: where the model runs and the "
+                               "index's rows are searched (on a GPU: exact, by the CUDA kernels)."),
+    device_storage: str = typer.Option("float32", "--device-storage", help="float32 or float16: the rows on "
+                                       "the GPU (float16 halves the memory; the rerank stays exact)."),
     k: int = typer.Option(10, "--k", "-k", min=1, help="Results per query."),
     candidates: int | None = typer.Option(None, "--candidates", min=1, help="Rows the rerank sees per query."),
     columns: str | None = typer.Option(None, "--columns", help="Comma-separated metadata columns to show."),
@@ -60,7 +63,7 @@ def search_cmd(
         fail("--vectors cannot be combined with text or --image queries")
     if modality is not None and vectors is None:
         fail("--modality is for --vectors; text and image queries know theirs")
-    ix = Index.open(index)
+    ix = Index.open(index, device=device, device_storage=device_storage)
     if vectors is not None:
         q, mods = load_vectors(vectors), listed(modality or "text")
     else:

@@ -56,6 +56,8 @@ class IndexBase:
         self.keep_versions: int | None = DEFAULT_KEEP_VERSIONS
         #: The largest segment a commit grows (see :data:`DEFAULT_SEGMENT_ROWS`); :meth:`compact` merges them.
         self.segment_rows: int = DEFAULT_SEGMENT_ROWS
+        #: the GPU this index searches on (None: the CPU kernels); see :meth:`place`
+        self._on_device: Any = None
         if snapshot.manifest.bounds is not None:
             self.bounds  # noqa: B018 - a manifest's bounds are checked on open, not at the first search
 

@@ -98,15 +98,29 @@ class Index(Maintains):
 
     @classmethod
     def open(cls, path: str | Path, writable: bool = False, *, version: int | None = None,
-             keep_versions: int | None = DEFAULT_KEEP_VERSIONS) -> Index:
+             keep_versions: int | None = DEFAULT_KEEP_VERSIONS, device: str = "cpu",
+             device_storage: str = "float32", gpu_scan: str = "auto") -> Index:
         """Open the committed snapshot at ``path`` (read-only unless ``writable``).
 
         ``version``: open that earlier version instead (read-only; see :meth:`versions`).
         ``keep_versions``: a writer keeps the manifests of this many newest versions
         (and their files) after each commit; ``None`` keeps every version until
         :meth:`cleanup`.
+        ``device``: ``cuda`` / ``cuda:N`` holds the rows on that GPU and searches them
+        with the CUDA kernels (:mod:`hyperret.cuda`): exact, the CPU path's ids and
+        distances; new commits upload only their new shards. ``device_storage``:
+        ``float32`` or ``float16`` (half the device memory; the rerank reads the
+        float32 shards on the host). ``gpu_scan``: ``auto``, ``fused`` or ``gemm``.
         """
         path = Path(path)
+        if device != "cpu":
+            ix = cls.open(path, writable, version=version, keep_versions=keep_versions)
+            try:
+                ix.place(device, storage=device_storage, scan=gpu_scan)
+            except BaseException:
+                ix.close()
+                raise
+            return ix
         if version is not None:
             return cls._open_version(path, version, writable)
         lock = None

@@ -134,6 +134,8 @@ class Maintains(Searches):
         if read_latest(self.path).version == self._snap.manifest.version:
             return False  # one small file read: nothing committed since
         self._snap = Snapshot.open(self.path)  # searches go on with the old snapshot meanwhile
+        if self._on_device is not None:
+            self._on_device.exact(self._snap)  # upload the new shards now, not in the next query
         return True
 
     def verify(self) -> None:
@@ -248,6 +250,8 @@ class Maintains(Searches):
             "producer": dict(m.producer),
             "created_at": m.created_at,
             "committed_at": m.committed_at,
+            "device": self.device,
+            "device_memory": self.device_memory(),
         }
 
 

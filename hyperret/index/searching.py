@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +105,16 @@ class Searches(Writes):
             raise InvalidInputError(f"candidates must be an integer, got {candidates!r}")
         if candidates is not None and candidates < k:
             raise InvalidInputError(f"candidates ({candidates}) must be at least k ({k})")
-        if dedup_radius is None:
-            rows, dist = ranked(snap, plan, labels, k, candidates, self.curv, settings)
-        else:
-            rows, dist = deduplicated(snap, plan, labels, k, candidates, self.curv, dedup_radius, settings)
+        kernels = None
         exact = snap.stage.is_exhaustive if snap.stage is not None else True
+        if self._on_device is not None:  # the GPU scans every row (exact) unless a knob asks for the structure
+            kernels = self._on_device.exact(snap)
+            if ef is None and nprobe is None:
+                settings, exact = replace(settings, scan=True), True
+        if dedup_radius is None:
+            rows, dist = ranked(snap, plan, labels, k, candidates, self.curv, settings, kernels)
+        else:
+            rows, dist = deduplicated(snap, plan, labels, k, candidates, self.curv, dedup_radius, settings, kernels)
         for p, r in zip(plan.plans, rows):
             p.returned = int(np.count_nonzero(r >= 0))
         hit_unsafe = None
@@ -120,6 +126,31 @@ class Searches(Writes):
             ids=snap.ids_of(rows), distances=dist.astype(np.float32), rows=rows, exact=exact, snapshot=snap,
             unsafe=hit_unsafe, plans=plan.plans,
         )
+
+    # --------------------------------------------------------------- device
+    def place(self, device: str, *, storage: str = "float32", scan: str = "auto") -> None:
+        """Hold the rows on GPU ``device`` (``cuda`` / ``cuda:N``) and search there; ``"cpu"`` lets them go.
+
+        See :meth:`open` (``device``, ``device_storage``, ``gpu_scan``). The rows are
+        uploaded now; commits and :meth:`refresh` upload their new shards only.
+        """
+        if device == "cpu":
+            self._on_device = None
+            return
+        from .placement import OnDevice
+
+        on = OnDevice(device, self.dim, self.curv, storage=storage, scan=scan)
+        on.exact(self._snap)  # the upload happens here, not in the first query
+        self._on_device = on
+
+    @property
+    def device(self) -> str:
+        """Where this index searches: ``cpu`` or ``cuda:N``."""
+        return "cpu" if self._on_device is None else f"cuda:{self._on_device.device.ordinal}"
+
+    def device_memory(self) -> dict[str, Any] | None:
+        """The GPU memory this index holds (rows, norms, capacity) and the device's free/total; None on the CPU."""
+        return None if self._on_device is None else self._on_device.memory()
 
     def _settings(self, snap: Snapshot, recall: float | None, ef: int | None, nprobe: int | None,
                   where: str | None) -> Settings:

@@ -17,8 +17,7 @@ import numpy as np
 
 from ..safety.planner import Plan
 from ..storage.snapshot import Snapshot
-from .rerank import rerank
-from .scan import scan
+from .exact import CpuExact, Exact, scan_width
 
 #: ``step(todo, width, round) -> short``: run queries ``todo: (t,)`` at ``width``
 #: candidates (round ``0, 1, ...``); ``short: (t,)`` bool marks those still not full.
@@ -72,13 +71,8 @@ class Settings:
 SCAN_FRACTION = 0.02
 
 
-def scan_width(k: int) -> int:
-    """Candidates the exhaustive scan hands the rerank: a margin for float32 near-ties (as the exact preset)."""
-    return max(2 * k, k + 16)
-
-
 def ranked(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: int | None,
-           curv: float, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
+           curv: float, settings: Settings = Settings(), exact: Exact | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The exact top ``k`` rows and distances ``(m, k)`` of each planned query (blocked: none).
 
     ``kc``: candidates the stage proposes per query (``None``: the preset's).
@@ -86,6 +80,7 @@ def ranked(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: in
     Deleted rows, unsafe rows (filtered queries) and rows the predicate rejects are
     a skip mask the candidate stage honours; when few rows qualify (or the settings
     say so) the exhaustive scan of the qualifying rows answers instead.
+    ``exact``: the scan and rerank kernels (default: the CPU's over ``snap``'s shards).
     """
     m, n = len(plan.queries), snap.rows
     rows = np.full((m, k), -1, np.int64)
@@ -97,24 +92,25 @@ def ranked(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: in
         if settings.ef is not None:  # the beam sets the candidates too: a narrow beam is a fast search
             kc = min(kc, settings.ef)
     kc = max(kc, k)
+    ex = exact if exact is not None else CpuExact(snap.shardset, curv)
     base: np.ndarray | None = snap.deleted  # rows never returned: deleted, and rejected by the predicate
     if settings.allowed is not None:
         base = np.where(settings.allowed, 0, 3).astype(np.uint8)
         if snap.deleted is not None:
             base[snap.deleted] = 2
     if len(plan.plain):
-        _run(snap, plan, plan.plain, base, k, kc, curv, settings, rows, dist)
+        _run(snap, ex, plan, plan.plain, base, k, kc, settings, rows, dist)
     if len(plan.filtered) and labels is not None:  # search() refuses filter where rows have no labels
         if settings.allowed is None:
             skip = snap.skip_codes(labels)  # unsafe 1, deleted 2 (cached per snapshot)
         else:
             assert base is not None
             skip = np.where(base > 0, base, labels.astype(np.uint8))
-        _run(snap, plan, plan.filtered, skip, k, kc, curv, settings, rows, dist, filtered=True)
+        _run(snap, ex, plan, plan.filtered, skip, k, kc, settings, rows, dist, filtered=True)
     return rows, dist
 
 
-def _run(snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, k: int, kc: int, curv: float,
+def _run(snap: Snapshot, ex: Exact, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, k: int, kc: int,
          settings: Settings, rows: np.ndarray, dist: np.ndarray, filtered: bool = False) -> None:
     """Rank queries ``todo`` leaving ``skip`` rows out (unsafe 1, deleted 2, rejected 3) into ``rows``/``dist``."""
     stage = snap.stage
@@ -123,9 +119,10 @@ def _run(snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, 
     allowed = n if skip is None else int(n - np.count_nonzero(skip))
     if settings.scans(allowed, n):
         q = plan.queries[todo]
-        width = min(kc, scan_width(k), max(allowed, 1))  # the scan's order is exact up to rounding
-        cand = scan(q, snap.shardset, curv, width, skip=skip)
-        rows[todo], dist[todo] = rerank(q, cand, snap.shardset, curv, k, skip=skip)
+        # the scan's order is exact up to rounding (float32; wider for rows stored in float16)
+        width = min(kc + ex.width(k) - scan_width(k), ex.width(k), max(allowed, 1))
+        cand = ex.scan(q, width, skip=skip)
+        rows[todo], dist[todo] = ex.rerank(q, cand, k, skip=skip)
         unsafe_out = int(np.count_nonzero(np.asarray(skip) == 1)) if filtered and skip is not None else 0
         for i in todo:
             p = plan.plans[i]
@@ -139,7 +136,7 @@ def _run(snap: Snapshot, plan: Plan, todo: np.ndarray, skip: np.ndarray | None, 
         skipped = np.zeros(len(todo), dtype=np.int64)
         cand = stage.search(plan.queries[todo], kc, snap.shardset, ef=settings.ef, nprobe=settings.nprobe,
                             skip=skip)
-        r, d = rerank(plan.queries[todo], cand, snap.shardset, curv, k, skip=skip, skipped=skipped)
+        r, d = ex.rerank(plan.queries[todo], cand, k, skip=skip, skipped=skipped)
         rows[todo], dist[todo] = r, d
         for j, i in enumerate(todo):
             p = plan.plans[i]
@@ -158,7 +155,8 @@ def _note_short(plan: Plan, todo: np.ndarray, rows: np.ndarray, filtered: bool) 
 
 
 def deduplicated(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, kc: int | None, curv: float,
-                 radius: float, settings: Settings = Settings()) -> tuple[np.ndarray, np.ndarray]:
+                 radius: float, settings: Settings = Settings(),
+                 exact: Exact | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` with near-duplicates within ``radius`` collapsed: rank ``k2 > k`` hits, collapse, widen ``k2``."""
     from ..dedup import collapse  # dedup builds on the search path, not the reverse
 
@@ -168,7 +166,7 @@ def deduplicated(snap: Snapshot, plan: Plan, labels: np.ndarray | None, k: int, 
 
     def step(todo: np.ndarray, k2: int, rnd: int) -> np.ndarray:
         sub = plan.subset(todo)
-        r2, d2 = ranked(snap, sub, labels, k2, None if kc is None else max(kc, k2), curv, settings)
+        r2, d2 = ranked(snap, sub, labels, k2, None if kc is None else max(kc, k2), curv, settings, exact)
         r, d, gone = collapse(r2, d2, snap.shardset, curv, radius, k)
         rows[todo], dist[todo] = r, d
         for p, g in zip(sub.plans, gone):

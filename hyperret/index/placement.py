@@ -1,0 +1,57 @@
+"""Where an index searches: on the CPU over the memory-mapped shards, or with its rows held on a GPU."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..search.exact import CpuExact, Exact
+from ..storage.snapshot import Snapshot
+
+
+class OnDevice:
+    """An index's rows resident on one CUDA device, kept in step with its snapshots.
+
+    ``storage``: ``float32`` (exact on the device) or ``float16`` (half the device
+    memory; the scan proposes wider and the rerank reads the float32 shards on the
+    host). ``scan``: ``auto``, ``fused`` or ``gemm`` (:mod:`hyperret.cuda.exact`).
+    """
+
+    def __init__(self, device: str, dim: int, curv: float, storage: str = "float32", scan: str = "auto"):
+        from ..cuda import CudaExact, Device, DeviceRows
+
+        if scan not in ("auto", "fused", "gemm"):
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"unknown GPU scan method {scan!r} (one of: auto, fused, gemm)")
+        self.name = device
+        self.device = Device.open(device)
+        self.rows = DeviceRows(self.device, dim, curv, storage)
+        self.curv, self.scan = curv, scan
+        self._kernels = CudaExact
+        self._cached: tuple[Snapshot, Any] | None = None
+        self._lock = threading.Lock()
+
+    def exact(self, snap: Snapshot) -> Exact:
+        """The CUDA kernels over ``snap``'s rows (new shards uploaded first; one object per snapshot)."""
+        cached = self._cached
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        with self._lock:
+            view = self.rows.sync(snap)
+            ex = self._kernels(self.device, view, snap.shardset, self.curv, method=self.scan)
+            self._cached = (snap, ex)
+            return ex
+
+    @property
+    def storage(self) -> str:
+        return self.rows.storage
+
+    def memory(self) -> dict[str, Any]:
+        """What the index holds on the device and what the device has (:meth:`DeviceRows.memory`)."""
+        return self.rows.memory()
+
+
+def cpu_exact(snap: Snapshot, curv: float) -> Exact:
+    """The CPU kernels over ``snap``'s shards."""
+    return CpuExact(snap.shardset, curv)
