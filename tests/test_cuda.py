@@ -221,3 +221,41 @@ def test_search_cli_on_device(index_dir, pts, tmp_path):
     assert [[h["id"] for h in rec["hits"]] for rec in hits] == cpu.ids.tolist()
     bad = runner.invoke(app, ["search", str(index_dir), "--vectors", str(qf), "--device", "tpu"])
     assert bad.exit_code != 0 and "unknown device" in bad.output and "Traceback" not in bad.output
+
+
+# ----------------------------------------------------------------- faiss-gpu
+class _Counting:
+    """A real FAISS index that counts its searches (the stand-in for a GPU copy: faiss-cpu has none)."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, 0
+
+    def search(self, *a, **kw):
+        self.calls += 1
+        return self.index.search(*a, **kw)
+
+
+def test_faiss_gpu_limits_route_searches_to_the_cpu_copy(tmp_path, pts):
+    import faiss
+
+    from hyperret.cuda import faiss_gpu
+
+    assert faiss_gpu.available() == (hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0)
+    with hyperret.Index.create(tmp_path / "ix", dim=DIM, curv=CURV, preset="compact") as ix:
+        ix.add(pts.space)
+        ix.commit()
+    ix = hyperret.Index.open(tmp_path / "ix")
+    stage = ix._snap.stage.parts[0].stage
+    assert stage.movable_to_gpu  # IVF (or flat, this small): what faiss-gpu holds
+    q = make_queries(pts, 3, seed=12)
+    want = ix.search(q, 5, nprobe=4)
+    cpu, gpu = _Counting(stage.index), _Counting(faiss.clone_index(stage.index))
+    stage.on_gpu = faiss_gpu.GpuStructure(cpu, gpu)
+    got = ix.search(q, 5, nprobe=4)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    assert gpu.calls == 1  # within the limit: the GPU copy answered
+    assert not stage.on_gpu.takes(faiss_gpu.GPU_MAX_K + 1, None)  # above FAISS's k limit: the CPU copy answers
+    sel = faiss.SearchParameters()
+    sel.sel = faiss.IDSelectorRange(0, 10)
+    assert not stage.on_gpu.takes(5, sel)  # GPU indexes take no IDSelector
+    assert stage.on_gpu.takes(5, faiss.SearchParameters())

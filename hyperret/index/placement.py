@@ -15,6 +15,8 @@ class OnDevice:
     ``storage``: ``float32`` (exact on the device) or ``float16`` (half the device
     memory; the scan proposes wider and the rerank reads the float32 shards on the
     host). ``scan``: ``auto``, ``fused`` or ``gemm`` (:mod:`hyperret.cuda.exact`).
+    Where FAISS has GPU support, the flat and IVF structures are copied there too
+    (:mod:`hyperret.cuda.faiss_gpu`): searches that set ``nprobe``/``ef`` use them.
     """
 
     def __init__(self, device: str, dim: int, curv: float, storage: str = "float32", scan: str = "auto"):
@@ -29,6 +31,11 @@ class OnDevice:
         self.rows = DeviceRows(self.device, dim, curv, storage)
         self.curv, self.scan = curv, scan
         self._kernels = CudaExact
+        from ..cuda import faiss_gpu
+
+        #: faiss-gpu copies of the flat / IVF structures (None: this FAISS has no GPU support)
+        self.structures = faiss_gpu.GpuStructures(self.device.ordinal) if faiss_gpu.available() else None
+        self.structures_on_gpu = 0
         self._cached: tuple[Snapshot, Any] | None = None
         self._lock = threading.Lock()
 
@@ -39,6 +46,9 @@ class OnDevice:
             return cached[1]
         with self._lock:
             view = self.rows.sync(snap)
+            if self.structures is not None and snap.stage is not None:
+                self.structures_on_gpu = self.structures.attach([c.file for c in snap.manifest.candidates],
+                                                                [p.stage for p in snap.stage.parts])
             ex = self._kernels(self.device, view, snap.shardset, self.curv, method=self.scan)
             self._cached = (snap, ex)
             return ex
@@ -49,7 +59,8 @@ class OnDevice:
 
     def memory(self) -> dict[str, Any]:
         """What the index holds on the device and what the device has (:meth:`DeviceRows.memory`)."""
-        return self.rows.memory()
+        return {**self.rows.memory(), "faiss_gpu": self.structures is not None,
+                "structures_on_gpu": self.structures_on_gpu}
 
 
 def cpu_exact(snap: Snapshot, curv: float) -> Exact:

@@ -1,8 +1,7 @@
 """The FAISS candidate stage: a structure over a proxy of the Lorentz coordinates.
 
-It proposes, for each query, candidate rows (global row numbers of the snapshot,
-which are also the FAISS ids: appends add rows at the end). The exact rerank
-(:mod:`hyperret.search.rerank`) then decides. Built, extended, saved and loaded here.
+It proposes, for each query, candidate rows (global row numbers of the snapshot, also the
+FAISS ids: appends add rows at the end); the exact rerank decides. Built, extended, saved, loaded here.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ class CandidateStage:
     _graph: graph.Graph | None = field(default=None, init=False, repr=False)  # views of the HNSW arrays
     _codes: Codes | None = field(default=None, init=False, repr=False)  # the walk's 8-bit rows (preset codes)
     _kind_cache: str | None = field(default=None, init=False, repr=False)
+    on_gpu: Any = field(default=None, init=False, repr=False)  # a faiss-gpu copy (cuda.faiss_gpu.GpuStructure)
 
     @property
     def proxy(self) -> Proxy:
@@ -211,11 +211,8 @@ class CandidateStage:
             if params is None:
                 params = faiss.SearchParameters()
             params.sel = selector
-        if params is None:
-            _, rows = self.index.search(xq, kc)
-        else:
-            _, rows = self.index.search(xq, kc, params=params)
-        return rows
+        index = self.on_gpu.index if self.on_gpu is not None and self.on_gpu.takes(kc, params) else self.index
+        return index.search(xq, kc)[1] if params is None else index.search(xq, kc, params=params)[1]
 
     def near_rows(self, rows: np.ndarray, kc: int, shards: ShardSet, ef: int | None = None) -> np.ndarray:
         """Candidate rows ``(m, kc)`` near stored ``rows: (m,)`` (the row itself may be among them).
@@ -235,6 +232,11 @@ class CandidateStage:
             nlist = faiss.extract_index_ivf(self.index).nlist
             return faiss.SearchParametersIVF(nprobe=min(int(nprobe or self.preset.search.get("nprobe", 16)), nlist))
         return None
+
+    @property
+    def movable_to_gpu(self) -> bool:
+        """A FAISS flat or IVF structure (what faiss-gpu can hold); graphs are walked on the CPU."""
+        return self.index is not None and not self.navigates_lorentz and self._kind() in ("flat", "ivf")
 
     @property
     def knob(self) -> str | None:
