@@ -45,8 +45,8 @@ def pts():
 class _Snap:
     """What DeviceRows reads of a snapshot: the shard files and their arrays."""
 
-    def __init__(self, parts: list[np.ndarray], names: list[str]):
-        self.shardset = ShardSet(parts, DIM)
+    def __init__(self, parts: list[np.ndarray], names: list[str], dim: int = DIM):
+        self.shardset = ShardSet(parts, dim)
         self.manifest = type("M", (), {"shards": [type("E", (), {"file": f})() for f in names]})()
 
 
@@ -107,6 +107,18 @@ def test_skip_masks_are_honoured_in_scan_and_rerank(pts, exact_knn):
     np.testing.assert_array_equal(skipped, cpu_skipped)
 
 
+def test_a_partial_dimension_tile(exact_knn):
+    odd = make_points(150, 7, curv=CURV, n_concepts=4, seed=8)  # 7 = one full tile and a part (simulator)
+    dev = Device.open("cuda")
+    snap = _Snap([odd.space], ["o"], dim=7)
+    ex = CudaExact(dev, DeviceRows(dev, 7, CURV).sync(snap), snap.shardset, CURV, method="fused")
+    q = make_queries(odd, 3, seed=1)
+    r, d = ex.rerank(q, ex.scan(q, 20), 5)
+    want, want_d = exact_knn(q, odd.space, CURV, 5)
+    np.testing.assert_array_equal(r, want)
+    np.testing.assert_allclose(d, want_d, rtol=1e-9)
+
+
 def test_requests_beyond_the_kernels_fall_back_to_the_cpu(pts):
     data = pts.space[:200]
     ex, _, snap = _device_exact([data])
@@ -114,6 +126,14 @@ def test_requests_beyond_the_kernels_fall_back_to_the_cpu(pts):
     got = ex.scan(q, K.MAX_KC + 1)
     assert ex.cpu_fallbacks == 1
     np.testing.assert_array_equal(got, CpuExact(snap.shardset, CURV).scan(q, K.MAX_KC + 1))
+    wide = np.random.default_rng(0).normal(0, 0.1, (40, K.MAX_DIM + 1)).astype(np.float32)
+    dev = Device.open("cuda")
+    snap = _Snap([wide], ["w"], dim=K.MAX_DIM + 1)
+    big = CudaExact(dev, DeviceRows(dev, K.MAX_DIM + 1, CURV).sync(snap), snap.shardset, CURV, method="fused")
+    cpu = CpuExact(snap.shardset, CURV)
+    r, d = big.rerank(wide[:2], big.scan(wide[:2], 5), 3)  # the query does not fit in shared memory
+    assert big.cpu_fallbacks == 2
+    np.testing.assert_array_equal(r, cpu.rerank(wide[:2], cpu.scan(wide[:2], 5), 3)[0])
 
 
 def test_device_rows_upload_only_new_shards(pts):

@@ -211,7 +211,7 @@ def _rerank_bandwidth(view: Any, snap: _Snap, dev: Any, a: argparse.Namespace) -
     rq2 = np.einsum("ij,ij->i", q64, q64)
     dq, drq, dtq = cuda.to_device(q), cuda.to_device(np.sqrt(rq2)), cuda.to_device(np.sqrt(1 / a.curv + rq2))
     dc, dskip, out = cuda.to_device(cand), cuda.device_array(1, np.uint8), cuda.device_array((m, kc), np.float64)
-    th = K.RERANK_THREADS
+    th = K.THREADS
 
     def rr() -> None:
         K.rerank_distances[(-(-kc // th), m), th](dq, drq, dtq, view.rows, n, dc, dskip, False, 1 / a.curv, a.curv,

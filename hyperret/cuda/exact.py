@@ -164,8 +164,10 @@ class CudaExact:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         c = np.sort(np.ascontiguousarray(candidates, dtype=np.int64), axis=1)
         m, kc = c.shape
-        if m == 0 or k == 0 or kc == 0 or self.view.storage != "float32":
+        if m == 0 or k == 0 or kc == 0 or self.view.storage != "float32" or q.shape[1] > K.MAX_DIM:
             # float16 rows on the device: the exact distances come from the float32 shards on the host
+            if q.shape[1] > K.MAX_DIM:
+                self.cpu_fallbacks += 1
             return cpu.CpuExact(self.shards, self.curv).rerank(q, c, k, skip=skip, skipped=skipped)
         if q.shape[1] != self.shards.dim:
             raise ValueError(f"queries of dimension {q.shape[1]} against shards of dimension {self.shards.dim}")
@@ -181,7 +183,7 @@ class CudaExact:
         q64 = q.astype(np.float64)
         rq2 = np.einsum("ij,ij->i", q64, q64)
         dist = cuda.device_array((m, kc), dtype=np.float64)
-        threads = K.RERANK_THREADS
+        threads = K.THREADS
         K.rerank_distances[(-(-kc // threads), m), threads](
             cuda.to_device(q), cuda.to_device(np.sqrt(rq2)), cuda.to_device(np.sqrt(1.0 / self.curv + rq2)),
             self.view.rows, self.view.n, cuda.to_device(c), dskip, use_skip, 1.0 / self.curv, self.curv, dist)

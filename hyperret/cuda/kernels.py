@@ -9,6 +9,11 @@ and passes repeat until one block holds them all (``kc <= CHUNK / 2``, so each p
 least halves them). The rerank kernel computes the exact distance of
 :func:`hyperret.kernels.distance.gap_row` in float64, one thread per candidate.
 
+Rows are read coalesced: a block's threads load a tile of ``THREADS`` rows by ``DIMS``
+dimensions into shared memory together (neighbouring threads, neighbouring bytes of
+one row), then each thread works on its own row of the tile. Skipped and missing
+rows are never read.
+
 Under Numba's simulator (CI) the blocks are small, so tests cross block and pass
 boundaries with a few hundred rows.
 """
@@ -30,8 +35,10 @@ MAX_KC = CHUNK // 2
 MAX_DIM = 2048
 #: the tiled matrix product's tile edge (the portable fallback of a library GEMM)
 TILE = 4 if simulated() else 16
-#: threads per block of the rerank kernel (one candidate each)
-RERANK_THREADS = 8 if simulated() else 128
+#: dimensions per row tile: a block reads ``THREADS`` rows ``x DIMS`` coalesced into shared memory
+DIMS = 4 if simulated() else 16
+#: device rows are addressed with int32 inside the kernels' shared memory
+MAX_ROWS = 2**31 - 1
 
 
 @cuda.jit(device=True)
@@ -75,6 +82,25 @@ def _keep_first(keys, ids, kc, out_keys, out_ids, i, col):
         out_ids[i, col + t] = ids[t]
 
 
+@cuda.jit(device=True)
+def _load_tile(tile, rows, gl, d0, d):
+    """Shared ``tile[r, c] = rows[gl[r], d0 + c]`` (0 where ``gl[r] < 0`` or past ``d``), read coalesced."""
+    for e in range(cuda.threadIdx.x, THREADS * DIMS, THREADS):
+        r = e // DIMS
+        c = e - r * DIMS
+        g = gl[r]
+        j = d0 + c
+        tile[r, c] = np.float32(rows[g, j]) if g >= 0 and j < d else np.float32(0.0)
+
+
+@cuda.jit(device=True)
+def _load_query(qs, q, i):
+    """Query ``q[i]`` into shared ``qs`` (all threads)."""
+    for j in range(cuda.threadIdx.x, q.shape[1], THREADS):
+        qs[j] = q[i, j]
+    cuda.syncthreads()
+
+
 @cuda.jit
 def scan_fused(q, qn, qt, rows, xn, xt, n, skip, use_skip, kc, out_keys, out_ids):
     """Gaps of query ``blockIdx.y`` to rows ``blockIdx.x * CHUNK ..`` from the rows themselves, top ``kc`` kept.
@@ -84,27 +110,29 @@ def scan_fused(q, qn, qt, rows, xn, xt, n, skip, use_skip, kc, out_keys, out_ids
     out) read when ``use_skip``; out ``(m, blocks * kc)`` float32 gaps / int64 rows.
     """
     keys = cuda.shared.array(CHUNK, np.float32)
-    ids = cuda.shared.array(CHUNK, np.int64)
+    ids = cuda.shared.array(CHUNK, np.int32)
     qs = cuda.shared.array(MAX_DIM, np.float32)
+    tile = cuda.shared.array((THREADS, DIMS + 1), np.float32)  # +1: no bank conflicts down a column
+    gl = cuda.shared.array(THREADS, np.int64)
     i = cuda.blockIdx.y
     tid = cuda.threadIdx.x
     d = q.shape[1]
-    for j in range(tid, d, THREADS):
-        qs[j] = q[i, j]
-    cuda.syncthreads()
+    _load_query(qs, q, i)
     base = cuda.blockIdx.x * CHUNK
-    for t in range(tid, CHUNK, THREADS):
-        g = base + t
-        key = np.float32(math.inf)
-        row = np.int64(-1)
-        if g < n and not (use_skip and skip[g] != 0):
-            acc = np.float32(0.0)
-            for j in range(d):
-                acc += qs[j] * np.float32(rows[g, j])
-            key = np.float32(gap_of(acc, qn[i], qt[i], xn[g], xt[g]))
-            row = g
-        keys[t] = key
-        ids[t] = row
+    for sub in range(0, CHUNK, THREADS):
+        g = base + sub + tid
+        ok = g < n and not (use_skip and skip[g] != 0)
+        gl[tid] = g if ok else -1
+        cuda.syncthreads()
+        acc = np.float32(0.0)
+        for d0 in range(0, d, DIMS):
+            _load_tile(tile, rows, gl, d0, d)
+            cuda.syncthreads()
+            for c in range(min(DIMS, d - d0)):
+                acc += qs[d0 + c] * tile[tid, c]
+            cuda.syncthreads()
+        keys[sub + tid] = np.float32(gap_of(acc, qn[i], qt[i], xn[g], xt[g])) if ok else np.float32(math.inf)
+        ids[sub + tid] = g if ok else -1
     cuda.syncthreads()
     _sort_chunk(keys, ids)
     _keep_first(keys, ids, kc, out_keys, out_ids, i, cuda.blockIdx.x * kc)
@@ -117,7 +145,7 @@ def gaps_select(dots, qn, qt, xn, xt, start, count, skip, use_skip, kc, out_keys
     Writes block ``b`` of the tile at output block ``out_block0 + b``.
     """
     keys = cuda.shared.array(CHUNK, np.float32)
-    ids = cuda.shared.array(CHUNK, np.int64)
+    ids = cuda.shared.array(CHUNK, np.int32)
     i = cuda.blockIdx.y
     base = cuda.blockIdx.x * CHUNK
     for t in range(cuda.threadIdx.x, CHUNK, THREADS):
@@ -140,7 +168,7 @@ def gaps_select(dots, qn, qt, xn, xt, start, count, skip, use_skip, kc, out_keys
 def select_pass(in_keys, in_ids, kc, out_keys, out_ids):
     """One reduction pass: each block's ``CHUNK`` pairs of ``in_*: (m, L)`` -> its ``kc`` smallest."""
     keys = cuda.shared.array(CHUNK, np.float32)
-    ids = cuda.shared.array(CHUNK, np.int64)
+    ids = cuda.shared.array(CHUNK, np.int32)
     i = cuda.blockIdx.y
     base = cuda.blockIdx.x * CHUNK
     length = in_keys.shape[1]
@@ -195,58 +223,61 @@ def row_norms(rows, start, count, inv_c, xn, xt):
         xt[g] = math.sqrt(inv_c + s)
 
 
-@cuda.jit(device=True)
-def stable_gap(x, q, i, g, rq, tq, inv_c):
-    """``<x - q, x - q>_L >= 0`` of row ``x[g]`` and query ``q[i]`` (norm ``rq``, time ``tq``), float64.
-
-    The formula of :func:`hyperret.kernels.distance.gap_row`, term for term.
-    """
-    d = q.shape[1]
-    rx2 = 0.0
-    num = 0.0
-    for j in range(d):
-        xj = np.float64(x[g, j])
-        qj = np.float64(q[i, j])
-        rx2 += xj * xj
-        num += (xj - qj) * (xj + qj)
-    rx = math.sqrt(rx2)
-    tx = math.sqrt(inv_c + rx2)
-    p = rx + rq
-    t = tx + tq
-    drho = num / p if p > 0.0 else 0.0
-    ex = inv_c / (tx + rx)
-    eq = inv_c / (tq + rq)
-    m = drho * drho * (ex + eq) * (t + p) / (t * t)
-    den = rx * rq * p
-    if rx > 0.0 and rq > 0.0 and den > 0.0:
-        corr = num / den
-        s = 0.0
-        if rx >= rq:
-            inv = 1.0 / rx
-            for j in range(d):
-                qj = np.float64(q[i, j])
-                du = (np.float64(x[g, j]) - qj) * inv - qj * corr
-                s += du * du
-        else:
-            inv = 1.0 / rq
-            for j in range(d):
-                xj = np.float64(x[g, j])
-                du = (xj - np.float64(q[i, j])) * inv - xj * corr
-                s += du * du
-        m += rx * rq * s
-    return m
-
-
 @cuda.jit
 def rerank_distances(q, rq, tq, rows, n, cand, skip, use_skip, inv_c, curv, out):
-    """Exact distances ``out: (m, kc)`` float64 of candidates ``cand: (m, kc)`` (``inf``: none, or skipped)."""
+    """Exact distances ``out: (m, kc)`` float64 of candidates ``cand: (m, kc)`` (``inf``: none, or skipped).
+
+    The formula of :func:`hyperret.kernels.distance.gap_row`, term for term, in float64:
+    one pass for ``|x|^2`` and ``|x|^2 - |q|^2``, a second for the direction term
+    (it needs both norms first). Thread = candidate ``blockIdx.x * THREADS + threadIdx.x``
+    of query ``blockIdx.y``; the rows are read in coalesced tiles.
+    """
+    qs = cuda.shared.array(MAX_DIM, np.float32)
+    tile = cuda.shared.array((THREADS, DIMS + 1), np.float32)
+    gl = cuda.shared.array(THREADS, np.int64)
     i = cuda.blockIdx.y
-    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if j >= cand.shape[1]:
-        return
-    g = cand[i, j]
-    if g < 0 or g >= n or (use_skip and skip[g] != 0):
-        out[i, j] = math.inf
-        return
-    m = stable_gap(rows, q, i, g, rq[i], tq[i], inv_c)
-    out[i, j] = (2.0 / math.sqrt(curv)) * math.asinh(math.sqrt(curv * m) / 2.0)
+    tid = cuda.threadIdx.x
+    d = q.shape[1]
+    _load_query(qs, q, i)
+    j = cuda.blockIdx.x * THREADS + tid
+    g = cand[i, j] if j < cand.shape[1] else -1
+    ok = g >= 0 and g < n and not (use_skip and skip[g] != 0)
+    gl[tid] = g if ok else -1
+    cuda.syncthreads()
+    rx2 = 0.0
+    num = 0.0
+    for d0 in range(0, d, DIMS):
+        _load_tile(tile, rows, gl, d0, d)
+        cuda.syncthreads()
+        for c in range(min(DIMS, d - d0)):
+            xj = np.float64(tile[tid, c])
+            qj = np.float64(qs[d0 + c])
+            rx2 += xj * xj
+            num += (xj - qj) * (xj + qj)
+        cuda.syncthreads()
+    qn = rq[i]
+    rx = math.sqrt(rx2)
+    tx = math.sqrt(inv_c + rx2)
+    p = rx + qn
+    t = tx + tq[i]
+    drho = num / p if p > 0.0 else 0.0
+    m = drho * drho * (inv_c / (tx + rx) + inv_c / (tq[i] + qn)) * (t + p) / (t * t)
+    den = rx * qn * p
+    angular = rx > 0.0 and qn > 0.0 and den > 0.0
+    corr = num / den if angular else 0.0
+    x_larger = rx >= qn  # divide by the larger norm, correct with the smaller point: no cancellation
+    inv = 1.0 / (rx if x_larger else qn) if angular else 0.0
+    s = 0.0
+    for d0 in range(0, d, DIMS):  # every thread runs the loop: the tiles are loaded together
+        _load_tile(tile, rows, gl, d0, d)
+        cuda.syncthreads()
+        for c in range(min(DIMS, d - d0)):
+            xj = np.float64(tile[tid, c])
+            qj = np.float64(qs[d0 + c])
+            du = (xj - qj) * inv - (qj if x_larger else xj) * corr
+            s += du * du
+        cuda.syncthreads()
+    if angular:
+        m += rx * qn * s
+    if j < cand.shape[1]:
+        out[i, j] = (2.0 / math.sqrt(curv)) * math.asinh(math.sqrt(curv * m) / 2.0) if ok else math.inf

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .device import Device
-from .kernels import row_norms
+from .kernels import MAX_ROWS, row_norms
 
 STORAGE = ("float32", "float16")
 #: spare capacity a buffer grows by (a fraction of the rows it must hold)
@@ -79,6 +79,8 @@ class DeviceRows:
                 self._capacity = 0
                 self.full_uploads += 1
             total = start + sum(a.shape[0] for a in new)
+            if total > MAX_ROWS:
+                raise InvalidInputError(f"{total} rows: a GPU-resident index holds at most {MAX_ROWS}")
             if rows is None or total > self._capacity:
                 rows, xn, xt = self._grow(rows, xn, xt, start, total)
             at = start
