@@ -154,7 +154,7 @@ def _pair(bases, offsets_rows, dim, sq, a, b, inv_c):
     return gap32(xa, sq[a], math.sqrt(inv_c + sq[a]), xb, sq[b], inv_c)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, node_off, cum, inv_c, ef,
                   mark, tag, out_d, out_i):
     """Beam search at ``level`` for stored row ``u`` from node ``ep``; the found nodes, nearest first -> count."""
@@ -199,7 +199,7 @@ def _search_level(u, ep, d_ep, level, bases, offsets_rows, dim, sq, neighbors, n
     return nr
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _select(base, cand_d, cand_i, count, keep, bases, offsets_rows, dim, sq, inv_c, alpha, out):
     """HNSW's heuristic: candidates (nearest first) kept unless ``alpha`` times nearer a kept one than ``base``.
 
@@ -230,7 +230,7 @@ def _select(base, cand_d, cand_i, count, keep, bases, offsets_rows, dim, sq, inv
     return kept
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _link_batch(first, stop, chunks, bases, offsets_rows, dim, sq, neighbors, node_off, cum, levels, entry,
                 max_level, inv_c, m, efc, alpha, stamps, tags):
     """Links of nodes ``first .. stop`` to the graph as it stood before them (each writes its own slots)."""
@@ -264,7 +264,7 @@ def _link_batch(first, stop, chunks, bases, offsets_rows, dim, sq, neighbors, no
                 ep, d_ep = found_i[0], found_d[0]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _reverse_pairs(first, stop, neighbors, node_off, cum, levels):
     """``(v, level, u)`` for every link ``u -> v`` of the nodes ``first .. stop`` -> three ``(p,)`` int64."""
     total = 0
@@ -287,7 +287,7 @@ def _reverse_pairs(first, stop, neighbors, node_off, cum, levels):
     return v, lv, us
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _add_reverse(v, lv, u, starts, ends, bases, offsets_rows, dim, sq, neighbors, node_off, cum, inv_c, m, alpha):
     """Add the links ``v -> u`` of each group ``(v, level)``; a full list is re-pruned by the heuristic."""
     for g in prange(starts.shape[0]):

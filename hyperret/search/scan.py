@@ -51,7 +51,7 @@ def scan(queries: np.ndarray, shards: ShardSet, curv: float, kc: int, *, rows: n
     return np.take_along_axis(heap_i, order, 1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     """Gaps of query ``i`` to a block (``dot[i] = q.x``) offered to its heap of the ``kc`` smallest.
 
@@ -73,13 +73,13 @@ def _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     sizes[i] = size
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _select_parallel(dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     for i in prange(dot.shape[0]):
         _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _select_serial(dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes):
     for i in range(dot.shape[0]):
         _select_one(i, dot, nq, qt, nx, xt, ids, heap_d, heap_i, sizes)
