@@ -208,6 +208,10 @@ def test_index_on_device_matches_the_cpu_and_follows_commits(index_dir, pts):
     np.testing.assert_array_equal(r.ids, r0.ids)
     assert ((r.ids % 4 != 0) | (r.ids >= 300)).all() and (r.ids >= 0).all()  # deleted rows never return
     assert gpu.info()["device"] == "cuda:0" and gpu.info()["device_memory"]["rows"] == 400
+    # a knob asks for the structure: the graph walk (CPU) and the rerank on the device
+    np.testing.assert_array_equal(gpu.search(q, 5, ef=64).ids, cpu.search(q, 5, ef=64).ids)
+    gpu.close()
+    assert gpu.device == "cpu" and gpu.device_memory() is None
 
 
 def test_filter_policy_on_device(tmp_path, pts):

@@ -173,7 +173,8 @@ class Index(Maintains):
         return cls(path, snap, None)
 
     def close(self) -> None:
-        """Drop uncommitted rows and release the write lock (if held)."""
+        """Drop uncommitted rows, release the write lock (if held) and the GPU rows (if placed)."""
+        self._on_device = None
         if self.writable:
             self.rollback()
         if self._lock is not None:
