@@ -133,7 +133,8 @@ def test_rerun_skips_what_is_indexed_and_a_new_image_is_added(model, collection,
     (extra / "copy.jpg").write_bytes((folder / "cmyk.jpg").read_bytes())  # same content, another name
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join([str(folder / g) for g in good] + ["more/new.jpg", "more/copy.jpg", "# x", ""]))
-    s = json.loads(cli("index", str(listing), *args).stdout)
+    s = json.loads(cli("index", str(listing), *args, "--sync-commits").stdout)
+    assert not s["background_commits"] and s["commit_wait_seconds"] >= s["write_seconds"] > 0  # all waited for
     assert s["resumed"] and s["indexed"] == 1 and s["already_indexed"] == len(good)
     assert s["skipped_by_reason"] == {"duplicate": 1} and s["rows"] == len(good) + 1
 
@@ -144,11 +145,13 @@ def test_killed_run_resumes(model, tmp_path):
     for i in range(40):
         (folder / f"{i:03d}.jpg").write_bytes(_jpeg(_photo(1000 + i, 40, 30)))
     out = tmp_path / "ix"
-    # a writer that SIGKILLs itself after 25 files (5 committed chunks of 5, then mid-chunk)
+    # a writer that SIGKILLs itself after 28 files (chunks of 8 handed to the writer thread, then mid-chunk),
+    # once the writer has committed at least one chunk (it may be in the middle of the next commit)
     script = textwrap.dedent(f"""
-        import os, signal, sys
+        import os, signal, sys, time
         sys.path.insert(0, {str(HERE)!r})
         from tiny_models import ARCH
+        import hyperret
         from hyperret.embed.encoder import HySACEncoder
         from hyperret.embed.indexer import index_images
         enc = HySACEncoder.from_checkpoint({str(model / "hysac_model.pth")!r}, arch=ARCH)
@@ -156,6 +159,9 @@ def test_killed_run_resumes(model, tmp_path):
         def progress(n):
             done[0] += n
             if done[0] >= 28:
+                deadline = time.monotonic() + 60
+                while len(hyperret.Index.open({str(out)!r})) == 0 and time.monotonic() < deadline:
+                    time.sleep(0.005)
                 os.kill(os.getpid(), signal.SIGKILL)
         index_images({str(folder)!r}, {str(out)!r}, enc, batch_size=4, workers=0, commit_every=5,
                      progress=progress)
@@ -236,3 +242,35 @@ def test_minimal_bounds_beside_the_checkpoint_do_not_block_indexing(model, colle
                    "--bounds", str(d / "hysac_bounds.json"), check=False)
     assert explicit.returncode != 0 and "labelling image rows needs both classes V and G" in explicit.stderr
     assert len(explicit.stderr.strip().splitlines()) == 1
+
+
+def test_worker_tasks_split_the_first_batch_then_grow_to_the_chunk():
+    from hyperret.embed.indexer import _Tasks
+
+    t = _Tasks(6000, 256, 256, 15)
+    sizes = [len(x) for x in t]
+    assert sizes[:15] == [18] * 15 and sizes[15:30] == [36] * 15  # the first model batch over all workers
+    assert sizes[:-1] == sorted(sizes[:-1]) and sizes[60:-1] == [256] * (len(sizes) - 61) and len(sizes) == len(t)
+    assert [i for x in t for i in x] == list(range(6000))
+    assert [len(x) for x in _Tasks(600, 64, 64, 1)] == [64] * 9 + [24]  # one worker: whole chunks
+    assert [len(x) for x in _Tasks(7, 256, 256, 15)] == [7]
+
+
+def test_regroup_cuts_exact_model_batches_in_order():
+    from hyperret.embed.indexer import Item, _regroup
+
+    rng = np.random.default_rng(5)
+    chunks, n = [], 0
+    for size in (3, 9, 2, 17, 5, 1, 11):  # worker tasks; some files skipped (not decoded)
+        items = [Item(uri=str(n + i), decoded=bool(rng.random() < 0.7)) for i in range(size)]
+        n += size
+        rows = [int(it.uri) for it in items if it.decoded]
+        px = torch.tensor(rows, dtype=torch.uint8).view(-1, 1, 1, 1) if rows else None
+        chunks.append((items, px))
+    batches = list(_regroup(iter(chunks), 4))
+    assert [int(it.uri) for items, _ in batches for it in items] == list(range(n))  # every file once, in order
+    for k, (items, px) in enumerate(batches):
+        decoded = [int(it.uri) for it in items if it.decoded]
+        assert len(decoded) == 4 or k == len(batches) - 1
+        assert (px.view(-1).tolist() if px is not None else []) == decoded  # pixels row j = j-th decoded file
+        assert k == len(batches) - 1 or items[-1].decoded  # a batch ends at its last decoded image

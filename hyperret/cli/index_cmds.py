@@ -34,6 +34,9 @@ def index_cmd(
     commit_seconds: float = typer.Option(300.0, "--commit-seconds", min=0.0, help="...or after this many seconds."),
     compact: bool = typer.Option(True, "--compact/--no-compact", help="Images: end the run by merging the "
                                  "segments its commits made into one (hyperret compact)."),
+    background_commits: bool = typer.Option(True, "--background-commits/--sync-commits", help="Images: add and "
+                                            "commit on a writer thread while the model runs (default), or "
+                                            "between forward passes."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Skip images larger than this "
                                    "(width x height): decompression bombs."),
     report: Path | None = typer.Option(None, "--report", help="JSON-lines list of skipped files (default: "
@@ -59,7 +62,8 @@ def index_cmd(
         summary = index_images_cmd(source, out, model=model, arch=arch, device=device, batch_size=batch_size,
                                    workers=workers, precision=precision, commit_every=commit_every,
                                    commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
-                                   preset=preset, bounds=bounds, quiet=quiet or as_json, compact=compact)
+                                   preset=preset, bounds=bounds, quiet=quiet or as_json, compact=compact,
+                                   background_commits=background_commits)
         if as_json:
             dump(summary)
         else:
@@ -77,7 +81,7 @@ def index_cmd(
 def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, device: str, batch_size: int,
                      workers: int | None, precision: str, commit_every: int, commit_seconds: float,
                      max_pixels: int, report: Path | None, preset: str | None, bounds: Path | None,
-                     quiet: bool, compact: bool = True) -> dict[str, Any]:
+                     quiet: bool, compact: bool = True, background_commits: bool = True) -> dict[str, Any]:
     """Embed the images under ``source`` into the index at ``out`` (created, or resumed)."""
     from ..embed.encoder import load_encoder
     from ..embed.indexer import index_images
@@ -97,7 +101,7 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
         summary = index_images(source, out, enc, preset=preset, bounds=b, batch_size=batch_size, workers=workers,
                                commit_every=commit_every, commit_seconds=commit_seconds, max_pixels=max_pixels,
                                report=report, on_start=started, progress=lambda n: bars.update(task, advance=n),
-                               compact=compact)
+                               compact=compact, background_commits=background_commits)
     finally:
         bars.stop()
     return summary.to_dict()

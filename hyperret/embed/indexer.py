@@ -1,12 +1,13 @@
 """``hyperret index IMAGES``: a folder (or list) of images -> an index, resumably.
 
 Worker processes (a torch ``DataLoader``) read, hash, decode and preprocess files
-while the main process runs the model, so decoding overlaps the forward passes.
-Rows are committed in chunks (every ``commit_every`` images or
-``commit_seconds``): a killed run keeps every finished chunk, and a re-run skips
-files whose content (SHA-256) the index already holds. Files that cannot be
-indexed never stop the run: each is written to a JSON-lines report with its
-reason. Every row carries ``uri``, ``sha256``, ``width`` and ``height``.
+while the main process runs the model, so decoding overlaps the forward passes;
+a writer thread (:mod:`hyperret.embed.committer`) adds and commits the rows
+meanwhile, so commits overlap them too. Rows are committed in chunks (every
+``commit_every`` images or ``commit_seconds``): a killed run keeps every finished
+chunk, and a re-run skips files whose content (SHA-256) the index already holds.
+Files that cannot be indexed never stop the run: each is written to a JSON-lines
+report with its reason. Every row carries ``uri``, ``sha256``, ``width`` and ``height``.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+import numba
 import numpy as np
 
 from ..errors import IndexExistsError, InvalidInputError, ModelMismatchError
 from ..storage.manifest import MANIFEST_NAME
+from .committer import Committer, RunWrites
 from .encoder import Encoder
 from .images import MAX_PIXELS, ImageSkipped, decode, read_file
 from .listing import list_images
@@ -62,7 +66,10 @@ class RunSummary:
     seconds: float = 0.0
     model_seconds: float = 0.0  # main process: inside the forward passes
     wait_seconds: float = 0.0  # main process: waiting for decoded batches from the workers
-    write_seconds: float = 0.0  # main process: buffering rows and committing (shards, candidate structure)
+    first_batch_seconds: float = 0.0  # from the call to the first batch ready for the model (start-up included)
+    write_seconds: float = 0.0  # the writer: adding rows, committing (shards, candidate structure), the report
+    commit_wait_seconds: float = 0.0  # main process: blocked on the writer (all of write_seconds when synchronous)
+    background_commits: bool = True  # adds and commits ran on a writer thread
     rows: int = 0
     version: int = 0
     resumed: bool = False
@@ -116,8 +123,44 @@ def _collate(items: list[Item]) -> tuple[list[Item], Any]:
     return items, (torch.stack(ok) if ok else None)
 
 
+class _Tasks:
+    """Files per worker task (a batch sampler): ``chunk`` each, except at the start.
+
+    The first model batch is split across the workers (``batch_size / workers``
+    files each), and tasks double from there up to ``chunk``: the model starts
+    after a worker decoded a few files, not a whole chunk, and the workers stay
+    ahead while the tasks grow. Few tasks are small, so their inter-process
+    traffic hardly counts.
+    """
+
+    def __init__(self, n: int, chunk: int, batch_size: int, workers: int):
+        self.n, self.chunk, self.workers = n, chunk, max(1, workers)
+        self.first = min(chunk, -(-batch_size // self.workers))
+
+    def __iter__(self) -> Any:
+        start = 0
+        for size in self._sizes():
+            yield list(range(start, start + size))
+            start += size
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._sizes())
+
+    def _sizes(self) -> Any:
+        left, size, k = self.n, self.first, 0
+        while left > 0:
+            yield min(size, left)
+            left, k = left - size, k + 1
+            if k % self.workers == 0:  # a round done: a task per worker
+                size = min(self.chunk, 2 * size)
+
+
 def _regroup(chunks: Any, batch_size: int) -> Any:
-    """Chunks ``(items, pixels)`` from the loader -> batches of about ``batch_size`` decoded images."""
+    """Chunks ``(items, pixels)`` from the loader -> batches of ``batch_size`` decoded images (the last: fewer).
+
+    A chunk may be split between two batches; items stay in order, a batch ends
+    at its last decoded image (files skipped after it go with the next batch).
+    """
     import torch
 
     items: list[Item] = []
@@ -128,9 +171,11 @@ def _regroup(chunks: Any, batch_size: int) -> Any:
         if px is not None:
             pix.append(px)
             ready += len(px)
-        if ready >= batch_size:
-            yield items, (torch.cat(pix) if len(pix) > 1 else pix[0])
-            items, pix, ready = [], [], 0
+        while ready >= batch_size:
+            every = torch.cat(pix) if len(pix) > 1 else pix[0]
+            cut = [i for i, it in enumerate(items) if it.decoded][batch_size - 1] + 1
+            yield items[:cut], every[:batch_size]
+            items, pix, ready = items[cut:], ([every[batch_size:]] if ready > batch_size else []), ready - batch_size
     if items:
         yield items, (torch.cat(pix) if len(pix) > 1 else (pix[0] if pix else None))
 
@@ -152,6 +197,7 @@ def index_images(
     progress: Progress | None = None,
     decode_chunk: int | None = None,
     compact: bool = True,
+    background_commits: bool = True,
 ) -> RunSummary:
     """Embed every image under ``images`` with ``encoder`` into the index at ``out`` (created or resumed).
 
@@ -159,6 +205,8 @@ def index_images(
     after each batch with the number of files handled. ``decode_chunk``: files a
     worker decodes per task (default: ``batch_size``). ``compact``: merge the
     segments the chunked commits made into one at the end (:meth:`Index.compact`).
+    ``background_commits``: adds and commits run on a writer thread while the model
+    goes on (:class:`~hyperret.embed.committer.Committer`); false: on this thread.
     """
     from torch.utils.data import DataLoader
 
@@ -173,27 +221,37 @@ def index_images(
                          bounds_note=note)
     reasons: Counter[str] = Counter()
     rep = _Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{_stamp()}.jsonl")
+    committer: Committer | None = None
     try:
         known = _indexed_hashes(ix)
-        for p, why in listing.ignored:
-            rep.write(str(p), why)
-            reasons[_reason_class(why)] += 1
+        ignored = [(str(p), why) for p, why in listing.ignored]
+        reasons.update(_reason_class(why) for _, why in ignored)
         if on_start is not None:
             on_start(len(listing.files), len(known))
         ds = _Files(listing.files, frozenset(known), encoder.pixel_transform, 2 * encoder.image_size, max_pixels)
         # A worker decodes one batch per task (measured on an H100 with 15 workers: tasks of 18 or 64
-        # files cost more in inter-process traffic than they save in start-up); skipped files leave a
-        # batch short, and the main process regroups short ones into model batches.
-        chunk = decode_chunk or batch_size
-        loader = DataLoader(ds, batch_size=chunk, shuffle=False, num_workers=n_workers, collate_fn=_collate,
-                            prefetch_factor=2 if n_workers else None,
-                            persistent_workers=False)
+        # files cost more in inter-process traffic than they save in start-up), after a short ramp;
+        # the main process regroups the tasks' decoded images into model batches.
+        tasks = _Tasks(len(ds), decode_chunk or batch_size, batch_size, n_workers)
+        loader = DataLoader(ds, batch_sampler=tasks, num_workers=n_workers, collate_fn=_collate,
+                            prefetch_factor=2 if n_workers else None, persistent_workers=False)
+        # Numba's threads start on this thread, not the writer's: TBB then lets this thread fork the
+        # workers (of this run and the next) cleanly, instead of warning about each fork
+        numba.get_num_threads()
+        batches = _regroup(iter(loader), batch_size)  # the workers start
+        # the writer keeps one commit running and about one chunk of batches (and its commit) queued
+        committer = Committer(background_commits, depth=max(4, -(-commit_every // batch_size) + 2))
+        summary.background_commits = background_commits
+        writes = RunWrites(ix, rep, summary)
+        committer.submit(partial(writes.add, None, None, ignored))
         last_commit = time.monotonic()
-        batches = _regroup(iter(loader), batch_size)
+        handed = 0  # rows handed over since the last commit
         while True:
             tw = time.perf_counter()
             nxt = next(batches, None)
             summary.wait_seconds += time.perf_counter() - tw
+            if not summary.first_batch_seconds:
+                summary.first_batch_seconds = time.perf_counter() - t0
             if nxt is None:
                 break
             items, pixels = nxt
@@ -202,32 +260,32 @@ def index_images(
                 tf = time.perf_counter()
                 vectors = encoder.encode_uint8(pixels)
                 summary.model_seconds += time.perf_counter() - tf
-            rows, meta = _triage(items, known, rep, reasons, summary)
-            tw = time.perf_counter()
+            lines: list[tuple[str, str]] = []
+            rows, meta = _triage(items, known, lines, reasons, summary)
             if rows and vectors is not None:  # rows come only from decoded items, so from a batch
-                ix.add(vectors[np.asarray(rows)], metadata=_meta_table(meta))
+                committer.submit(partial(writes.add, vectors[np.asarray(rows)], _meta_table(meta), lines))
                 summary.indexed += len(rows)
-            if ix.pending and (ix.pending >= commit_every or time.monotonic() - last_commit >= commit_seconds):
-                ix.commit()
-                rep.flush()
+                handed += len(rows)
+            elif lines:
+                committer.submit(partial(writes.add, None, None, lines))
+            if handed and (handed >= commit_every or time.monotonic() - last_commit >= commit_seconds):
+                committer.submit(writes.commit)  # the report is flushed after the commit covering its batches
                 summary.commits += 1
-                last_commit = time.monotonic()
-            summary.write_seconds += time.perf_counter() - tw
+                handed, last_commit = 0, time.monotonic()
             if progress is not None:
                 progress(len(items))
-        tw = time.perf_counter()
-        if ix.pending:
-            ix.commit()
+        if handed:
             summary.commits += 1
-        if compact and len(ix.manifest.candidates) > 1:
-            ix.compact()
-            summary.compacted = True
-        summary.write_seconds += time.perf_counter() - tw
-        rep.flush()
-        summary.rows, summary.version = len(ix), ix.version
+        committer.submit(partial(writes.finish, compact))
+        committer.finish()
     finally:
-        rep.close()
-        ix.close()
+        try:
+            if committer is not None:  # the index is closed only once the writer has stopped
+                committer.close()
+                summary.write_seconds, summary.commit_wait_seconds = committer.write_seconds, committer.wait_seconds
+        finally:
+            rep.close()
+            ix.close()
     summary.skipped = sum(reasons.values())
     summary.skipped_by_reason = dict(reasons)
     summary.report = str(rep.path) if rep.lines else None
@@ -235,9 +293,9 @@ def index_images(
     return summary
 
 
-def _triage(items: list[Item], known: dict[str, str], rep: _Report, reasons: Counter[str],
+def _triage(items: list[Item], known: dict[str, str], lines: list[tuple[str, str]], reasons: Counter[str],
             summary: RunSummary) -> tuple[list[int], dict[str, list[Any]]]:
-    """Which rows of a batch's vectors to add (and their metadata); the rest are counted or reported."""
+    """Which rows of a batch's vectors to add (and their metadata); the rest are counted or reported in ``lines``."""
     rows: list[int] = []
     meta: dict[str, list[Any]] = {"uri": [], "sha256": [], "width": [], "height": []}
     j = -1  # row of the batch tensor
@@ -247,12 +305,12 @@ def _triage(items: list[Item], known: dict[str, str], rep: _Report, reasons: Cou
         if it.reason == ALREADY or (it.reason is None and it.sha256 in known):
             first = known.get(it.sha256) if it.sha256 is not None else None
             if first is not None and first != it.uri:
-                rep.write(it.uri, f"duplicate: same content as {first}")
+                lines.append((it.uri, f"duplicate: same content as {first}"))
                 reasons["duplicate"] += 1
             else:
                 summary.already_indexed += 1
         elif it.reason is not None:
-            rep.write(it.uri, it.reason)
+            lines.append((it.uri, it.reason))
             reasons[_reason_class(it.reason)] += 1
         else:
             known[cast(str, it.sha256)] = it.uri  # an item without a reason was read and hashed
