@@ -31,7 +31,7 @@ from .device import simulated
 CHUNK, THREADS = (64, 8) if simulated() else (2048, 256)
 #: the most candidates a pass keeps per block: larger requests run on the CPU kernels
 MAX_KC = CHUNK // 2
-#: the longest query vector the fused scan holds in shared memory
+#: the longest query vector the fused scan and the rerank hold in shared memory (longer: CPU kernels)
 MAX_DIM = 2048
 #: the tiled matrix product's tile edge (the portable fallback of a library GEMM)
 TILE = 4 if simulated() else 16
