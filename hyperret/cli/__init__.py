@@ -1,5 +1,5 @@
 """The ``hyperret`` command line: index, search, dedup, calibrate, classify, explain, eval, report, info,
-presets, demo, versions, verify, repair, cleanup.
+presets, demo, versions, verify, repair, cleanup, export.
 
 Every command calls the public library; errors a user can cause print one line
 on stderr and exit with code 2. One module per command group registers its
@@ -8,7 +8,15 @@ commands on :data:`app` when imported.
 
 from __future__ import annotations
 
-from . import dedup_cmds, demo, index_cmds, safety_cmds, search_cmds, version_cmds  # noqa: F401  (register the commands)
+from . import (  # noqa: F401  (register the commands)
+    dedup_cmds,
+    demo,
+    export_cmds,
+    index_cmds,
+    safety_cmds,
+    search_cmds,
+    version_cmds,
+)
 from .app import app
 
 

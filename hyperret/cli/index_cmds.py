@@ -16,7 +16,8 @@ from .render import dump, images_text, progress_bars
 @app.command("index")
 @handle_errors
 def index_cmd(
-    source: Path = typer.Argument(..., help="Parquet or Arrow IPC file with an 'embedding' column; or, with "
+    source: Path = typer.Argument(..., help="Parquet or Arrow IPC file with an 'embedding' column, a folder of "
+                                  "them, or clip-retrieval's output folder (img_emb/, metadata/); or, with "
                                   "--model, a folder of images (recursive) or a text file of image paths."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to create (or extend with --append; an "
                              "image run resumes an existing one)."),
@@ -50,15 +51,21 @@ def index_cmd(
     modality: str | None = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
                                            "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
+    geometry: str | None = typer.Option(None, "--geometry", help="lorentz (HySAC space components) or cosine "
+                                           "(Euclidean CLIP vectors, ranked by cosine similarity). Default: what "
+                                           "the source records; clip-retrieval folders are cosine."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting index summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Index images with a model (--model), or precomputed embeddings (space components of Lorentz points)."""
-    if model is not None or source.is_dir():
+    from ..storage.folders import is_embedding_folder
+
+    if model is not None or (source.is_dir() and not is_embedding_folder(source)):
         if model is None:
             fail(f"{source} is a folder: indexing images needs --model (a HySAC or open_clip checkpoint)")
-        if append or curv is not None or modality is not None:
-            fail("--append, --curv and --modality are for precomputed embeddings; an image run resumes by itself")
+        if append or curv is not None or modality is not None or geometry is not None:
+            fail("--append, --curv, --modality and --geometry are for precomputed embeddings; an image run "
+                 "resumes by itself")
         summary = index_images_cmd(source, out, model=model, arch=arch, device=device, batch_size=batch_size,
                                    workers=workers, precision=precision, commit_every=commit_every,
                                    commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
@@ -70,7 +77,8 @@ def index_cmd(
             typer.echo(images_text(summary))
         return
     info = build_with_bars(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet,
-                           bounds=bounds, modality=modality)
+                           bounds=bounds, modality=modality, geometry=geometry,
+                           warn=lambda line: typer.echo(f"warning: {line}", err=True))
     if as_json:
         dump(info)
     else:
@@ -112,7 +120,7 @@ def build_with_bars(source: Path, out: Path, *, quiet: bool, **kw: Any) -> dict[
     from ..index.build import build_index
 
     with progress_bars(quiet) as bars:
-        def stage(name: str, total: int) -> Any:
+        def stage(name: str, total: int | None) -> Any:
             task = bars.add_task(name, total=total)
             return lambda n: bars.update(task, advance=n)
 

@@ -221,7 +221,7 @@ def _table(snap: Snapshot, members: np.ndarray, starts: np.ndarray, reps: np.nda
     have = set(snap.column_names())
     extra = [c for c in PASSTHROUGH_COLUMNS if c in have]
     if extra:
-        t = snap.take(m, extra) if len(m) else pa.table({c: pa.array([], snap._type_of(c)) for c in extra})
+        t = snap.take(m, extra) if len(m) else pa.table({c: pa.array([], snap.column_type(c)) for c in extra})
         for c in extra:
             cols[c] = t.column(c)
     return pa.table(cols)

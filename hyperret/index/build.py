@@ -10,16 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import HyperretError, IndexExistsError, InvalidInputError
+from ..geometry.cosine import COSINE_CURV
+from ..geometry.cosine import check as check_geometry
 from ..safety.bounds import Bounds
+from ..storage.folders import open_source
 from ..storage.fsutil import WriterLock
-from ..storage.sources import Source, resolve_curv
+from ..storage.sources import resolve_curv
 
 #: ``stage(name, total)`` -> a callback that is given the rows done as they finish.
-Stage = Callable[[str, int], Callable[[int], None]]
+Stage = Callable[[str, int | None], Callable[[int], None]]
 
 
-def _silent(name: str, total: int) -> Callable[[int], None]:
+def _silent(name: str, total: int | None) -> Callable[[int], None]:
     return lambda n: None
 
 
@@ -65,23 +70,37 @@ def remove_stale_partials(out: Path) -> list[Path]:
 
 def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
                 batch_rows: int = 65_536, bounds: Path | None = None, modality: str | None = None,
-                progress: Stage | None = None) -> dict[str, Any]:
+                progress: Stage | None = None, geometry: str | None = None,
+                warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Read ``source`` and build (or append to) the index at ``out``; all or nothing.
 
+    ``source``: a Parquet/Arrow file, a folder of them, or clip-retrieval's output
+    folder (:mod:`hyperret.storage.folders`). ``geometry``: ``lorentz`` or ``cosine``
+    (default: what the source records; clip-retrieval's folders are cosine, the rest
+    lorentz). ``warn`` receives a line when unit vectors are indexed as hyperbolic points.
     A new index is built in a hidden folder beside ``out`` and renamed into place
     once committed; an append commits once at the end (a failure keeps the last
     snapshot). ``progress(stage, total)`` returns a callback advanced by rows done.
     """
     from . import Index
 
-    src = Source(source, batch_rows=batch_rows)
+    src = open_source(source, batch_rows=batch_rows)
     remove_stale_partials(out)
-    if append and (bounds is not None or modality is not None):
-        raise InvalidInputError("--bounds and --modality are fixed when an index is created; not with --append")
+    if append and (bounds is not None or modality is not None or geometry is not None):
+        raise InvalidInputError("--bounds, --modality and --geometry are fixed when an index is created; "
+                                "not with --append")
+    geometry = check_geometry(geometry or getattr(src, "geometry", None) or "lorentz") if not append else None
     b = Bounds.load(bounds) if bounds is not None else None
     if modality is None and not append:
         modality = _source_modality(src)
-    c = resolve_curv(curv, src.curv, str(source), required=not append)
+    if geometry == "cosine":
+        if curv is not None and curv != COSINE_CURV:
+            raise InvalidInputError(f"a cosine index has curvature {COSINE_CURV:g}, not --curv {curv:g}")
+        curv = COSINE_CURV
+        recorded = None
+    else:
+        recorded = src.curv
+    c = resolve_curv(curv, recorded, str(source), required=not append)
     if append:
         ix = Index.open(out, writable=True)
         if c is not None and abs(c - ix.curv) > 1e-9 * ix.curv:
@@ -103,7 +122,11 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
                     raise InvalidInputError(f"curvature unknown for {source}")
                 ix = Index.create(target, dim=batch.vectors.shape[1], curv=c, preset=preset,
                                   producer={"source": str(source), "vectors": "precomputed"},
-                                  modality=modality or "image", bounds=b)
+                                  modality=modality or "image", bounds=b, geometry=geometry or "lorentz")
+                if ix.geometry == "lorentz" and warn is not None and looks_unit(batch.vectors):
+                    warn(f"{source}: the rows are unit vectors, as Euclidean CLIP features are; indexed as "
+                         f"hyperbolic points they rank by a distance they were not trained for "
+                         f"(--geometry cosine indexes them by cosine similarity)")
             try:
                 ix.add(batch.vectors, ids=batch.ids, metadata=batch.metadata)
             except InvalidInputError as e:
@@ -128,6 +151,14 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
         if not append:
             shutil.rmtree(target, ignore_errors=True)
         raise
+
+
+def looks_unit(x: np.ndarray) -> bool:
+    """True when every row of ``x: (n, D)`` has an L2 norm within 1e-2 of 1 (Euclidean CLIP features)."""
+    if not len(x):
+        return False
+    norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
+    return bool(np.all(np.abs(norms - 1.0) < 1e-2))
 
 
 def _source_modality(src: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -126,6 +127,18 @@ class Maintains(Searches):
     def ids(self) -> np.ndarray:
         """Every id in the snapshot, in row order -> ``(n,)`` int64."""
         return self._snap.all_ids()
+
+    def export(self, out: str | Path, *, force: bool = False, columns: Sequence[str] | None = None,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """Write the live rows (``id``, ``embedding``, metadata) to the Parquet file ``out``.
+
+        Re-indexable as it is (:mod:`hyperret.index.export`); ``force`` replaces an
+        existing file; ``columns`` picks metadata columns (default: all).
+        """
+        from .export import export_parquet
+
+        return export_parquet(self._snap, out, force=force, columns=None if columns is None else list(columns),
+                              progress=progress)
 
     def refresh(self) -> bool:
         """Move a read-only handle to the newest committed snapshot; True if it changed."""

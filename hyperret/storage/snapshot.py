@@ -192,11 +192,11 @@ class Snapshot:
             sel = np.flatnonzero(s == i)
             t = self.shards[i].table
             cols = {n: (t.column(n).take(pa.array(local[sel])) if n in t.column_names
-                        else pa.nulls(len(sel), self._type_of(n))) for n in names}
+                        else pa.nulls(len(sel), self.column_type(n))) for n in names}
             parts.append(pa.table(cols))
             order.append(sel)
         if not parts:
-            return pa.table({n: pa.array([], self._type_of(n)) for n in names})
+            return pa.table({n: pa.array([], self.column_type(n)) for n in names})
         table = pa.concat_tables(parts, promote_options="permissive")
         inverse = np.argsort(np.concatenate(order), kind="stable")
         return table.take(pa.array(inverse))
@@ -215,7 +215,8 @@ class Snapshot:
     def column_names(self) -> list[str]:
         return list(CORE_COLUMNS) + list(self.manifest.metadata_columns)
 
-    def _type_of(self, name: str) -> pa.DataType:
+    def column_type(self, name: str) -> pa.DataType:
+        """The Arrow type of metadata column ``name`` (the first shard's that has it; null if none does)."""
         for s in self.shards:
             if name in s.table.column_names:
                 return s.table.schema.field(name).type

@@ -23,6 +23,7 @@ from ..errors import DimensionMismatchError, InvalidInputError, MissingColumnErr
 EMBEDDING = "embedding"
 ID = "id"
 CURV_KEY = b"hyperret.curv"
+GEOMETRY_KEY = b"hyperret.geometry"  # written by ``hyperret export``
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,12 @@ class Source:
             return float(raw)
         except ValueError:
             raise InvalidInputError(f"schema metadata hyperret.curv is not a number: {raw!r}") from None
+
+    @property
+    def geometry(self) -> str | None:
+        """The geometry recorded in the schema metadata (``lorentz`` / ``cosine``), if any."""
+        raw = (self.schema.metadata or {}).get(GEOMETRY_KEY)
+        return raw.decode(errors="replace") if raw is not None else None
 
     @property
     def metadata_columns(self) -> list[str]:
