@@ -1,5 +1,5 @@
 """The ``hyperret`` command line: index, search, dedup, calibrate, classify, explain, eval, report, info,
-presets, demo, versions, verify, repair, cleanup, export.
+presets, demo, versions, verify, repair, cleanup, export, serve, key.
 
 Every command calls the public library; errors a user can cause print one line
 on stderr and exit with code 2. One module per command group registers its
@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (register the commands)
     index_cmds,
     safety_cmds,
     search_cmds,
+    serve_cmds,
     version_cmds,
 )
 from .app import app
