@@ -19,6 +19,7 @@ def serve_cmd(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port."),
     model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint for text and image queries "
                                         "(default: the one the index records)."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture for --model (default: the index's)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (the model and the indexes' rows)."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="Hashed API keys (hyperret key); "
                                                 "with keys, every request needs one."),
@@ -36,12 +37,14 @@ def serve_cmd(
         fail("hyperret serve needs the serve extra: pip install 'hyperret[serve]'")
     from ..serve import CONFIG_ENV, APIKeys, Limits, Service, create_app
 
+    from .inputs import parse_arch
+
     paths: list[str | Path] = [str(p) for p in indexes]
-    cfg = {"paths": paths, "model": model, "device": device, "default_policy": default_policy,
+    cfg = {"paths": paths, "model": model, "arch": parse_arch(arch), "device": device, "default_policy": default_policy,
            "api_key_file": str(api_key_file) if api_key_file else None,
            "limits": {"max_k": max_k, "timeout_seconds": timeout, "max_body_bytes": max_body}}
     keys = APIKeys.load(api_key_file) if api_key_file else None
-    service = Service(paths, model=model, device=device, keys=keys, default_policy=default_policy,
+    service = Service(paths, model=model, arch=cfg["arch"], device=device, keys=keys, default_policy=default_policy,
                       limits=Limits(max_k=max_k, timeout_seconds=timeout, max_body_bytes=max_body))
     typer.echo(f"serving {', '.join(service.indexes)} on http://{host}:{port} (page /, API docs /docs)", err=True)
     if workers == 1:

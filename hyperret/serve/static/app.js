@@ -70,8 +70,8 @@ function render(result) {
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = Object.entries(hit)
-      .filter(([k]) => !["id", "distance", "unsafe", "caption"].includes(k))
-      .map(([k, v]) => `${k}: ${v}`).join(" · ");
+      .filter(([k]) => !["id", "distance", "unsafe", "caption", "unsafe_label"].includes(k))
+      .map(([k, v]) => `${k}: ${typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : v}`).join(" · ");
     card.appendChild(meta);
     grid.appendChild(card);
   }
