@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -182,3 +183,19 @@ def test_key_command_and_key_file_errors(tmp_path):
         APIKeys.load(f)
     bad = CliRunner().invoke(cli_app, ["serve", str(tmp_path / "missing")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_time_limit_and_worker_factory(served, monkeypatch):
+    root = served["root"]
+    slow = Running(Service([root / "photos"], limits=Limits(timeout_seconds=1e-9)))
+    try:
+        r = slow.client.post("/search", json={"vectors": served["img"][:1].tolist(), "k": 3})
+        assert r.status_code == 503 and "longer than" in r.json()["error"]
+    finally:
+        slow.stop()
+    from hyperret.serve import CONFIG_ENV, app_from_env
+
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"paths": [str(root / "photos")], "default_policy": "filter",
+                                               "api_key_file": None, "limits": {"max_k": 7}}))
+    app = app_from_env()  # what each process of --workers N builds
+    assert any(getattr(r, "path", None) == "/search" for r in app.routes)

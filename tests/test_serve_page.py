@@ -105,3 +105,21 @@ def test_search_switch_policies_and_reveal(page_server):
         browser.close()
     assert not errors, errors
 
+
+
+def test_image_upload_search(page_server):
+    import io
+
+    from PIL import Image
+
+    running, _ = page_server
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buf, "PNG")
+    r = running.client.post("/search/upload", files={"file": ("q.png", buf.getvalue(), "image/png")},
+                            data={"k": "4", "policy": "filter"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert len(res["hits"]) == 4 and res["plan"]["modality"] == "image" and res["plan"]["policy"] == "filter"
+    assert not any(h["unsafe"] for h in res["hits"])
+    bad = running.client.post("/search/upload", files={"file": ("q.png", b"not an image", "image/png")})
+    assert bad.status_code == 400 and "uploaded image" in bad.json()["error"]

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--soak", type=float, default=60.0)
     ap.add_argument("--data", default="/tmp/bench_serve")
+    ap.add_argument("--search-slots", type=int, default=1, help="the server's --search-slots")
+    ap.add_argument("--index", default=None, help="serve this index instead of the generated one")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     import httpx
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from hyperret.testing.synthetic import make_queries
 
     path, pts = build(a)
+    if a.index:  # another index of the same dimension (queries still from the generated points)
+        path = Path(a.index)
+    slots = ["--search-slots", str(a.search_slots)]
     queries = make_queries(pts, 2000, seed=5)
     ix = hyperret.Index.open(path)
     out: dict[str, Any] = {"args": vars(a), "runs": []}
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process {policy}: p50 {base[policy] * 1e3:.3f} ms", flush=True)
     out["in_process_p50_ms"] = {k: v * 1e3 for k, v in base.items()}
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "hyperret.cli", "serve", str(path), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "hyperret.cli", "serve", str(path), "--port", str(port), *slots],
                               stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -93,8 +98,9 @@ def build(a: argparse.Namespace) -> tuple[Path, Any]:
     from hyperret.safety import calibrate
     from hyperret.testing.synthetic import make_points
 
-    pts = make_points(a.n, a.dim, curv=1.0, seed=1)
-    path = Path(a.data) / f"serve-{a.n}-{a.dim}"
+    # the distribution of bench_search.py's "synthetic" (its graph reaches the default recall)
+    pts = make_points(a.n, a.dim, curv=1.0, n_concepts=max(32, a.n // 1000), intrinsic_dim=32, seed=11)
+    path = Path(a.data) / f"serve-synthetic-{a.n}-{a.dim}"
     if not (path / "manifest.json").exists():
         cal = make_points(20_000, a.dim, curv=1.0, seed=2)
         b = calibrate(lorentz.radius(cal.space, 1.0), cal.modality, cal.unsafe, curv=1.0)

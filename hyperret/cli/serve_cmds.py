@@ -29,6 +29,8 @@ def serve_cmd(
     max_k: int = typer.Option(1000, "--max-k", min=1, help="The largest k a request may ask for."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds a search may take (then 503)."),
     max_body: int = typer.Option(8 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
+    search_slots: int = typer.Option(1, "--search-slots", min=1, max=256, help="Searches run at once per "
+                                     "process (each uses every core; more only contend on a small machine)."),
 ) -> None:
     """Serve indexes over HTTP: JSON search and classify, a web page at /, OpenAPI at /docs, /metrics."""
     try:
@@ -36,16 +38,17 @@ def serve_cmd(
     except ImportError:
         fail("hyperret serve needs the serve extra: pip install 'hyperret[serve]'")
     from ..serve import CONFIG_ENV, APIKeys, Limits, Service, create_app
-
     from .inputs import parse_arch
 
     paths: list[str | Path] = [str(p) for p in indexes]
     cfg = {"paths": paths, "model": model, "arch": parse_arch(arch), "device": device, "default_policy": default_policy,
            "api_key_file": str(api_key_file) if api_key_file else None,
-           "limits": {"max_k": max_k, "timeout_seconds": timeout, "max_body_bytes": max_body}}
+           "limits": {"max_k": max_k, "timeout_seconds": timeout, "max_body_bytes": max_body,
+                      "search_slots": search_slots}}
     keys = APIKeys.load(api_key_file) if api_key_file else None
     service = Service(paths, model=model, arch=cfg["arch"], device=device, keys=keys, default_policy=default_policy,
-                      limits=Limits(max_k=max_k, timeout_seconds=timeout, max_body_bytes=max_body))
+                      limits=Limits(max_k=max_k, timeout_seconds=timeout, max_body_bytes=max_body,
+                                  search_slots=search_slots))
     typer.echo(f"serving {', '.join(service.indexes)} on http://{host}:{port} (page /, API docs /docs)", err=True)
     if workers == 1:
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

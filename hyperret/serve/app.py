@@ -133,7 +133,8 @@ def create_app(service: Service) -> FastAPI:
         def run() -> dict[str, Any]:
             s = service.served(req.index)
             q, mods = service.query_vectors(s.index, req.vectors, _texts(req.text), image)
-            c = s.index.classify(q, modality=req.modality or ("image" if req.vectors is not None else mods))
+            c = service.run(s.index.classify, q, modality=req.modality or ("image" if req.vectors is not None
+                                                                             else mods))
             return {"index": s.name, "unsafe": c.unsafe.tolist(), "radius": c.radius.tolist(),
                     "score": c.score.tolist(), "class": c.cls.tolist()}
 
@@ -207,8 +208,8 @@ def _search(service: Service, req: SearchRequest, image: bytes | None, key: str 
     if req.k > service.limits.max_k:
         raise InvalidInputError(f"k = {req.k} is over the server's limit of {service.limits.max_k}")
     q, mods = service.query_vectors(s.index, req.vectors, _texts(req.text), image)
-    res = s.index.search(q, req.k, policy=policy, modality=req.modality or mods, where=req.where,
-                         dedup=req.dedup, allow_unsafe=req.allow_unsafe or "outward" in policies)
+    res = service.run(s.index.search, q, req.k, policy=policy, modality=req.modality or mods, where=req.where,
+                      dedup=req.dedup, allow_unsafe=req.allow_unsafe or "outward" in policies)
     version.labels(s.name).set(res.snapshot.manifest.version)
     hits = res.to_list(req.columns)
     return {"index": s.name, "version": res.snapshot.manifest.version, "exact": res.exact,

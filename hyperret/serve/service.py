@@ -44,6 +44,8 @@ class Limits:
     max_queries: int = 256
     max_body_bytes: int = 8 << 20
     timeout_seconds: float = 30.0
+    #: searches run at once; each already uses every core (Numba, BLAS), so more only contend
+    search_slots: int = 1
 
 
 @dataclass
@@ -79,6 +81,12 @@ class Service:
         self.keys, self.limits, self.refresh_seconds = keys, limits, refresh_seconds
         self._encoder: Any = None
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, limits.search_slots))
+
+    def run(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` in one of the search slots (waits for a free one: a queue, not contention)."""
+        with self._slots:
+            return fn(*args, **kw)
 
     # --------------------------------------------------------------- access
     def served(self, name: str | None) -> Served:
