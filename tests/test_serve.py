@@ -112,6 +112,8 @@ def test_unsafe_content_needs_a_key_with_permission(served):
     ok = served["keyed"].post("/search", json=body, headers={"X-API-Key": served["unsafe"]})
     assert ok.status_code == 200 and ok.json()["results"][0]["plan"]["policy"] == "outward"
     assert served["keyed"].get("/indexes").status_code == 401  # with keys, every API call needs one
+    hidden = served["keyed"].post("/search", json={**body, "index": "secret"})
+    assert hidden.status_code == 401 and "photos" not in hidden.text  # no key: nothing about the indexes
     assert served["keyed"].get("/healthz").status_code == 200
 
 

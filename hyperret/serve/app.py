@@ -201,10 +201,12 @@ def _texts(text: list[str] | str | None) -> list[str]:
 
 def _search(service: Service, req: SearchRequest, image: bytes | None, key: str | None, version: Any) -> dict:
     """Run one search request (in a worker thread)."""
+    service.authorise(key, unsafe=False)  # before anything about the indexes is said
     s = service.served(req.index)
     policy = req.policy if req.policy is not None else s.default_policy
     policies = [policy] if isinstance(policy, str) else list(policy)
-    service.authorise(key, unsafe="outward" in policies or req.allow_unsafe)
+    if "outward" in policies or req.allow_unsafe:
+        service.authorise(key, unsafe=True)
     if req.k > service.limits.max_k:
         raise InvalidInputError(f"k = {req.k} is over the server's limit of {service.limits.max_k}")
     q, mods = service.query_vectors(s.index, req.vectors, _texts(req.text), image)
