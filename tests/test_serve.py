@@ -201,3 +201,16 @@ def test_time_limit_and_worker_factory(served, monkeypatch):
                                                "api_key_file": None, "limits": {"max_k": 7}}))
     app = app_from_env()  # what each process of --workers N builds
     assert any(getattr(r, "path", None) == "/search" for r in app.routes)
+
+
+def test_oversize_upload_and_dedup_over_http(served):
+    c = served["open"]  # a 64 KB body limit
+    big = c.post("/search/upload", files={"file": ("big.png", b"\x89PNG" + b"0" * (70 << 10), "image/png")})
+    assert big.status_code == 413 and "over" in big.json()["error"]
+    q = served["img"][:2]
+    plain = c.post("/search", json={"vectors": q.tolist(), "k": 5}).json()
+    collapsed = c.post("/search", json={"vectors": q.tolist(), "k": 5, "dedup": 10.0}).json()
+    assert all(len(r["hits"]) >= 1 for r in collapsed["results"])
+    # a radius of 10 collapses these hits: fewer distinct rows come back, and the plan counts them
+    assert sum(r["plan"]["collapsed"] for r in collapsed["results"]) > 0
+    assert [len(r["hits"]) for r in collapsed["results"]] <= [len(r["hits"]) for r in plain["results"]]
