@@ -35,6 +35,8 @@ METHODS = ("auto", "fused", "gemm")
 FUSED_MAX_QUERIES = 16
 #: device bytes one call's product tile and first-pass candidates may take
 _WORK_BYTES = 1 << 28
+#: queries per kernel launch: CUDA's limit on a grid's second dimension
+_MAX_GRID_Y = 65_535
 
 
 def _cupy() -> Any:
@@ -82,7 +84,7 @@ class CudaExact:
         use_skip, dskip = self._device_skip(skip)
         blocks = -(-n // K.CHUNK)
         per_query = max(blocks * kc * 12, 1) + (0 if method == "fused" else 4 * K.CHUNK)
-        batch = int(max(1, min(m, _WORK_BYTES // per_query)))
+        batch = int(max(1, min(m, _WORK_BYTES // per_query, _MAX_GRID_Y)))
         out = np.empty((m, kc), dtype=np.int64)
         for s in range(0, m, batch):
             e = min(m, s + batch)
@@ -182,12 +184,15 @@ class CudaExact:
         use_skip, dskip = self._device_skip(skip)
         q64 = q.astype(np.float64)
         rq2 = np.einsum("ij,ij->i", q64, q64)
-        dist = cuda.device_array((m, kc), dtype=np.float64)
-        threads = K.THREADS
-        K.rerank_distances[(-(-kc // threads), m), threads](
-            cuda.to_device(q), cuda.to_device(np.sqrt(rq2)), cuda.to_device(np.sqrt(1.0 / self.curv + rq2)),
-            self.view.rows, self.view.n, cuda.to_device(c), dskip, use_skip, 1.0 / self.curv, self.curv, dist)
-        d = dist.copy_to_host()
+        d = np.empty((m, kc), dtype=np.float64)
+        for s in range(0, m, _MAX_GRID_Y):
+            e = min(m, s + _MAX_GRID_Y)
+            dist = cuda.device_array((e - s, kc), dtype=np.float64)
+            K.rerank_distances[(-(-kc // K.THREADS), e - s), K.THREADS](
+                cuda.to_device(q[s:e]), cuda.to_device(np.sqrt(rq2[s:e])),
+                cuda.to_device(np.sqrt(1.0 / self.curv + rq2[s:e])), self.view.rows, self.view.n,
+                cuda.to_device(c[s:e]), dskip, use_skip, 1.0 / self.curv, self.curv, dist)
+            d[s:e] = dist.copy_to_host()
         order = np.lexsort((c, d), axis=-1)[:, :k]  # by distance, ties by the lower row (as the CPU rerank)
         rows, dd = np.take_along_axis(c, order, 1), np.take_along_axis(d, order, 1)
         rows[~np.isfinite(dd)] = -1
