@@ -57,7 +57,10 @@ def _device_exact(parts, names=None, storage="float32", method="auto"):
 
 # ------------------------------------------------------------------ kernels
 @pytest.mark.parametrize("method", ["fused", "gemm"])
-def test_scan_matches_the_cpu_scan_across_blocks_and_passes(pts, method):
+def test_scan_matches_the_cpu_scan_across_blocks_and_passes(pts, method, monkeypatch):
+    from hyperret.cuda import exact as cuda_exact
+
+    monkeypatch.setattr(cuda_exact, "_MAX_GRID_Y", 3)  # 5 queries in two launches
     data = pts.space[:300]
     ex, _, snap = _device_exact([data[:130], data[130:]], method=method)
     q = make_queries(pts, 5, seed=2)
