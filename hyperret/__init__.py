@@ -24,6 +24,7 @@ from .search.presets import Preset, list_presets, load_preset
 from .search.result import SearchResult
 
 if TYPE_CHECKING:
+    from .distributed import ShardedIndex
     from .embed.encoder import CLIPEncoder, HySACEncoder, load_encoder
 
 _LAZY = {"HySACEncoder", "CLIPEncoder", "load_encoder"}  # the model stack (torch) loads on first use
@@ -34,10 +35,15 @@ def __getattr__(name: str) -> Any:
         from .embed import encoder
 
         return getattr(encoder, name)
+    if name == "ShardedIndex":  # Ray loads on first use too (the ray extra)
+        from .distributed import ShardedIndex
+
+        return ShardedIndex
     raise AttributeError(f"module 'hyperret' has no attribute {name!r}")
 
 __all__ = [
     "Index",
+    "ShardedIndex",
     "HySACEncoder",
     "CLIPEncoder",
     "load_encoder",

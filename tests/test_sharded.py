@@ -1,0 +1,78 @@
+"""Sharded search on local Ray: three parts answer exactly what one index over all rows answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import hyperret  # noqa: E402
+from hyperret.distributed import ShardedIndex, merge  # noqa: E402
+from hyperret.errors import InvalidInputError  # noqa: E402
+from hyperret.geometry import lorentz  # noqa: E402
+from hyperret.testing.synthetic import make_points, make_queries  # noqa: E402
+
+DIM = 16
+CURV = 1.3
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from hyperret.safety import calibrate
+
+    cal = make_points(3000, DIM, curv=CURV, seed=3, n_concepts=6)
+    b = calibrate(lorentz.radius(cal.space, CURV), cal.modality, cal.unsafe, curv=CURV)
+    pts = make_points(1500, DIM, curv=CURV, n_concepts=6, seed=2)
+    img = pts.space[pts.modality == "image"]
+    n = len(img)
+    root = tmp_path_factory.mktemp("sharded")
+    ids = np.arange(n) * 7 + 3
+    meta = {"caption": [f"row {i}" for i in range(n)]}
+    with hyperret.Index.create(root / "whole", dim=DIM, curv=CURV, bounds=b, modality="image") as ix:
+        ix.add(img, ids=ids, metadata=meta)
+        ix.commit()
+    cuts = np.array_split(np.random.default_rng(0).permutation(n), 3)
+    for j, sel in enumerate(cuts):
+        with hyperret.Index.create(root / f"part{j}", dim=DIM, curv=CURV, bounds=b, modality="image") as ix:
+            ix.add(img[sel], ids=ids[sel], metadata={"caption": [meta["caption"][i] for i in sel]})
+            ix.commit()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    sh = ShardedIndex.open([root / f"part{j}" for j in range(3)])
+    yield root, sh, pts
+    sh.close()
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("policy", ["off", "redirect", "filter", "block", "outward"])
+def test_three_parts_answer_as_one_index(parts, policy):
+    root, sh, pts = parts
+    whole = hyperret.Index.open(root / "whole")
+    q = make_queries(pts, 12, seed=4)
+    kw = {"policy": policy, "modality": "text", "recall": 1.0, "allow_unsafe": policy == "outward"}
+    got, want = sh.search(q, 10, **kw), whole.search(q, 10, **kw)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6)
+    np.testing.assert_array_equal(got.unsafe, want.unsafe)
+    assert [p.action for p in got.plans] == [p.action for p in want.plans]
+    assert [h["caption"] for h in got.to_list()[0]] == [h["caption"] for h in want.to_list()[0]]
+    if policy == "filter":
+        assert not got.unsafe[got.ids >= 0].any()
+
+
+def test_merge_is_by_distance_then_id():
+    a = {"ids": np.array([[5, 9]]), "distances": np.array([[0.5, 0.7]], np.float32), "unsafe": None,
+         "meta": [[{"x": 1}, {"x": 2}]]}
+    b = {"ids": np.array([[4, -1]]), "distances": np.array([[0.5, np.inf]], np.float32), "unsafe": None,
+         "meta": [[{"x": 3}, {}]]}
+    ids, dist, _, meta = merge([a, b], 1, 3)
+    assert ids.tolist() == [[4, 5, 9]] and meta == [{"x": 3}, {"x": 1}, {"x": 2}]  # a tie goes to the lower id
+
+
+def test_parts_must_agree(parts, tmp_path):
+    root, _, _ = parts
+    with hyperret.Index.create(tmp_path / "other", dim=DIM, curv=2.0) as ix:
+        ix.add(make_points(50, DIM, curv=2.0, seed=1).space)
+        ix.commit()
+    with pytest.raises(InvalidInputError, match="must agree"):
+        ShardedIndex.open([root / "part0", tmp_path / "other"])
