@@ -76,3 +76,25 @@ def test_parts_must_agree(parts, tmp_path):
         ix.commit()
     with pytest.raises(InvalidInputError, match="must agree"):
         ShardedIndex.open([root / "part0", tmp_path / "other"])
+
+
+def test_dedup_on_ray_finds_the_local_groups(parts, tmp_path):
+    from typer.testing import CliRunner
+
+    from hyperret.cli import app
+
+    root, _, _ = parts
+    pts = make_points(800, DIM, curv=CURV, n_concepts=6, seed=9)
+    near = pts.space[:200] + np.random.default_rng(2).normal(0, 1e-3, (200, DIM)).astype(np.float32)
+    with hyperret.Index.create(tmp_path / "dups", dim=DIM, curv=CURV) as ix:
+        ix.add(np.concatenate([pts.space, near, pts.space[200:260]]))  # near copies and exact copies
+        ix.commit()
+    ix = hyperret.Index.open(tmp_path / "dups")
+    local = ix.dedup(radius=0.05)
+    on_ray = ix.dedup(radius=0.05, ray=True)
+    assert local.summary["groups"] >= 200 and on_ray.summary["groups"] == local.summary["groups"]
+    assert local.groups.sort_by("id").equals(on_ray.groups.sort_by("id"))
+    assert on_ray.summary["range_pass"]["checked"] == local.summary["range_pass"]["checked"]
+    res = CliRunner().invoke(app, ["dedup", str(tmp_path / "dups"), "--radius", "0.05", "--ray", "--out",
+                                   str(tmp_path / "g.parquet"), "--json", "-q"])
+    assert res.exit_code == 0, res.output

@@ -29,6 +29,8 @@ def dedup_cmd(
                              "max:COLUMN (ties: lowest id)."),
     method: str = typer.Option("cells", "--method", help="cells (exact join, default) or stage (the index's "
                                "candidate stage)."),
+    ray: bool = typer.Option(False, "--ray", help="Join the cells on Ray tasks (local Ray; the ray extra)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="A Ray cluster to join the cells on."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -53,7 +55,7 @@ def dedup_cmd(
                 bars.update(tasks[phase], completed=done)
 
             res = ix.dedup(radius=radius, auto=auto, unsafe_only=unsafe_only, grouping=grouping, keep=keep,
-                           method=method, progress=progress)
+                           method=method, progress=progress, ray=ray, ray_address=ray_address)
         res.write(out)  # the record of what is to be deleted exists before anything is
         if apply:
             ix.apply_dedup(res)

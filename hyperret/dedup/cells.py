@@ -203,11 +203,30 @@ def cell_join(snap: Snapshot, rows: np.ndarray, radius: float, parent: np.ndarra
               progress: Progress | None = None, stats: PassStats | None = None, seed: int = 1234) -> PassStats:
     """Unite in ``parent`` every pair of ``rows: (m,)`` within geodesic ``radius`` (all of them)."""
     stats = stats or PassStats()
+
+    def unite(a: np.ndarray, b: np.ndarray) -> None:
+        stats.merges += union_pairs(parent, a, b)
+
+    for own, guests in plan_cells(snap, rows, radius, nlist=nlist, stats=stats, seed=seed):
+        join_cell(snap, own, guests, radius, unite, stats)
+        if progress is not None:
+            progress(len(own))
+    return stats
+
+
+def plan_cells(snap: Snapshot, rows: np.ndarray, radius: float, *, nlist: int | None = None,
+               stats: PassStats | None = None, seed: int = 1234) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The join's work, one item per non-empty cell: ``(own rows, guest rows)`` (guests: margin copies).
+
+    Every pair within ``radius`` has both rows in one item's own, or one in its own and
+    the other among its guests, so items can be joined anywhere (another process).
+    """
+    stats = stats or PassStats()
     rows = np.asarray(rows, dtype=np.int64)
     m = len(rows)
     stats.queried += m
     if m < 2:
-        return stats
+        return []
     nlist = auto_nlist(m) if nlist is None else max(1, min(int(nlist), m))
     centroids = train_cells(snap, rows, nlist, seed)
     primary, xpos, xcell = assign(snap, rows, centroids, radius)
@@ -217,29 +236,32 @@ def cell_join(snap: Snapshot, rows: np.ndarray, radius: float, parent: np.ndarra
     starts = np.searchsorted(primary[order], np.arange(len(centroids) + 1))
     xorder = np.argsort(xcell, kind="stable")
     xstarts = np.searchsorted(xcell[xorder], np.arange(len(centroids) + 1))
+    items = []
     for c in range(len(centroids)):
         own = rows[order[starts[c] : starts[c + 1]]]
-        if not len(own):
-            continue
-        guests = rows[xpos[xorder[xstarts[c] : xstarts[c + 1]]]]
-        t_own = tangent(snap, own)
-        t_guest = tangent(snap, guests) if len(guests) else None
-        for i in range(0, len(own), BLOCK):
-            ta = t_own[i : i + BLOCK]
-            for j in range(i, len(own), BLOCK):
-                a, b = _block_pairs(ta, t_own[j : j + BLOCK], radius, upper=(i == j))
-                _confirm_and_unite(snap, own[i + a], own[j + b], radius, parent, stats)
-            if t_guest is not None:
-                for j in range(0, len(guests), BLOCK):
-                    a, b = _block_pairs(ta, t_guest[j : j + BLOCK], radius, upper=False)
-                    _confirm_and_unite(snap, own[i + a], guests[j + b], radius, parent, stats)
-        if progress is not None:
-            progress(len(own))
-    return stats
+        if len(own):
+            items.append((own, rows[xpos[xorder[xstarts[c] : xstarts[c + 1]]]]))
+    return items
 
 
-def _confirm_and_unite(snap: Snapshot, a: np.ndarray, b: np.ndarray, radius: float, parent: np.ndarray,
-                       stats: PassStats) -> None:
+def join_cell(snap: Snapshot, own: np.ndarray, guests: np.ndarray, radius: float,
+              sink: Callable[[np.ndarray, np.ndarray], None], stats: PassStats) -> None:
+    """Every pair of one cell within ``radius`` (own x own, own x guests), confirmed exactly, to ``sink(a, b)``."""
+    t_own = tangent(snap, own)
+    t_guest = tangent(snap, guests) if len(guests) else None
+    for i in range(0, len(own), BLOCK):
+        ta = t_own[i : i + BLOCK]
+        for j in range(i, len(own), BLOCK):
+            a, b = _block_pairs(ta, t_own[j : j + BLOCK], radius, upper=(i == j))
+            _confirm(snap, own[i + a], own[j + b], radius, sink, stats)
+        if t_guest is not None:
+            for j in range(0, len(guests), BLOCK):
+                a, b = _block_pairs(ta, t_guest[j : j + BLOCK], radius, upper=False)
+                _confirm(snap, own[i + a], guests[j + b], radius, sink, stats)
+
+
+def _confirm(snap: Snapshot, a: np.ndarray, b: np.ndarray, radius: float,
+             sink: Callable[[np.ndarray, np.ndarray], None], stats: PassStats) -> None:
     keep = a != b
     a, b = a[keep], b[keep]
     if not len(a):
@@ -249,4 +271,4 @@ def _confirm_and_unite(snap: Snapshot, a: np.ndarray, b: np.ndarray, radius: flo
     ok = d <= radius
     if ok.any():
         stats.within += int(ok.sum())
-        stats.merges += union_pairs(parent, a[ok], b[ok])
+        sink(a[ok], b[ok])

@@ -87,8 +87,12 @@ def check_out_path(path: str | Path) -> Path:
 def dedup(snap: Snapshot, *, radius: float | None = None, auto: bool = False, unsafe_only: bool = False,
           labels: np.ndarray | None = None, grouping: str = "components", keep: str = "centre",
           candidates: int = DEFAULT_CANDIDATES, method: str = "cells", sample: int = AUTO_SAMPLE, seed: int = 0,
-          progress: Progress | None = None) -> DedupResult:
-    """Duplicate groups of ``snap``'s live rows (see :meth:`hyperret.Index.dedup`)."""
+          progress: Progress | None = None, join: Any = None) -> DedupResult:
+    """Duplicate groups of ``snap``'s live rows (see :meth:`hyperret.Index.dedup`).
+
+    ``join``: the cell join to run (default :func:`~hyperret.dedup.cells.cell_join`; e.g.
+    :class:`hyperret.distributed.dedup.RayCellJoin`, same signature, same pairs).
+    """
     t0 = time.perf_counter()
     if auto == (radius is not None):
         raise InvalidInputError("give a radius or ask for auto, not both" if auto else "give a radius (or auto)")
@@ -155,7 +159,7 @@ def dedup(snap: Snapshot, *, radius: float | None = None, auto: bool = False, un
                 progress("range search", done[0], len(rows))
 
         if method == "cells":
-            cell_join(snap, rows, float(radius), parent, progress=tick, stats=stats)
+            (join or cell_join)(snap, rows, float(radius), parent, progress=tick, stats=stats)
         else:
             range_pass(snap, rows, query, float(radius), parent, int(candidates), progress=tick, stats=stats)
     timings["range_search"] = time.perf_counter() - t

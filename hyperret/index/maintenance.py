@@ -43,6 +43,8 @@ class Maintains(Searches):
         method: str = "cells",
         candidates: int | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        ray: bool = False,
+        ray_address: str | None = None,
     ) -> DedupResult:
         """Groups of exact and near-duplicate rows; with ``apply``, delete all but one of each group.
 
@@ -60,9 +62,18 @@ class Maintains(Searches):
         finds every pair within the radius) or ``stage`` (each row's neighbours from
         the index's candidate stage, ``candidates`` of them, doubled where the radius
         holds them all; as complete as the stage's recall). Returns a
-        :class:`~hyperret.dedup.DedupResult`.
+        :class:`~hyperret.dedup.DedupResult`. ``ray`` (cells method): join the cells on Ray
+        tasks (local Ray, or the cluster at ``ray_address``; the ``ray`` extra); the same groups.
         """
         from ..dedup import DEFAULT_CANDIDATES, dedup
+
+        join = None
+        if ray or ray_address is not None:
+            if method != "cells":
+                raise InvalidInputError("dedup on Ray runs the cells method")
+            from ..distributed.dedup import RayCellJoin
+
+            join = RayCellJoin(ray_address)
 
         if apply:
             self._check_can_apply()  # before the long run, not after it
@@ -70,7 +81,8 @@ class Maintains(Searches):
         labels = snap.unsafe_rows() if unsafe_only and self.bounds is not None else None
         result = dedup(snap, radius=radius, auto=auto, unsafe_only=unsafe_only, labels=labels,
                        grouping=grouping, keep=keep, method=method,
-                       candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress)
+                       candidates=DEFAULT_CANDIDATES if candidates is None else candidates, progress=progress,
+                       join=join)
         result.summary["version"] = snap.manifest.version
         result.summary["applied"] = False
         if apply:
