@@ -69,6 +69,13 @@ def test_merge_is_by_distance_then_id():
     assert ids.tolist() == [[4, 5, 9]] and meta == [{"x": 3}, {"x": 1}, {"x": 2}]  # a tie goes to the lower id
 
 
+def test_a_bad_predicate_reads_as_locally(parts):
+    _, sh, pts = parts
+    with pytest.raises(InvalidInputError) as e:
+        sh.search(make_queries(pts, 2, seed=1), 3, where="caption >")
+    assert "\n" not in str(e.value)
+
+
 def test_parts_must_agree(parts, tmp_path):
     root, _, _ = parts
     with hyperret.Index.create(tmp_path / "other", dim=DIM, curv=2.0) as ix:
@@ -98,3 +105,58 @@ def test_dedup_on_ray_finds_the_local_groups(parts, tmp_path):
     res = CliRunner().invoke(app, ["dedup", str(tmp_path / "dups"), "--radius", "0.05", "--ray", "--out",
                                    str(tmp_path / "g.parquet"), "--json", "-q"])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("layout", ["folder", "row-groups", "folder-with-ids"])
+def test_indexing_on_ray_gives_the_local_index(parts, tmp_path, layout):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from hyperret.cli import app
+
+    pts = make_points(900, DIM, curv=CURV, n_concepts=6, seed=12)
+    cols = {"embedding": list(pts.space), "caption": [f"c{i}" for i in range(900)], "modality": list(pts.modality)}
+    if layout == "folder-with-ids":
+        cols["id"] = np.arange(900) * 3 + 11
+    table = pa.table(cols).replace_schema_metadata({b"hyperret.curv": repr(CURV).encode()})
+    if layout == "row-groups":
+        src = tmp_path / "rows.parquet"
+        pq.write_table(table, src, row_group_size=100)  # 9 row groups: cut into parts
+    else:
+        src = tmp_path / "tables"
+        src.mkdir()
+        for j, s in enumerate(range(0, 900, 300)):
+            pq.write_table(table.slice(s, 300), src / f"part-{j}.parquet")
+    args = ["index", str(src), "--json", "-q"]
+    for out, extra in (("local", []), ("ray", ["--ray"])):
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / out), *extra])
+        assert res.exit_code == 0, res.output
+    a, b = hyperret.Index.open(tmp_path / "local"), hyperret.Index.open(tmp_path / "ray")
+    assert len(b) == 900 and b.manifest.version == a.manifest.version == 1  # one commit
+    np.testing.assert_array_equal(a.ids(), b.ids())
+    np.testing.assert_array_equal(a.vectors(a.ids()), b.vectors(b.ids()))
+    assert a.get(a.ids()).to_pylist() == b.get(b.ids()).to_pylist()
+    q = make_queries(pts, 5, seed=1)
+    np.testing.assert_array_equal(a.search(q, 5, recall=1.0).ids, b.search(q, 5, recall=1.0).ids)
+
+
+def test_a_bad_part_stops_the_job_and_leaves_no_index(parts, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from hyperret.cli import app
+
+    src = tmp_path / "tables"
+    src.mkdir()
+    good = make_points(100, DIM, curv=CURV, seed=1).space
+    meta = {b"hyperret.curv": repr(CURV).encode()}
+    pq.write_table(pa.table({"embedding": list(good)}).replace_schema_metadata(meta), src / "a.parquet")
+    bad = good.copy()
+    bad[7, 3] = np.nan
+    pq.write_table(pa.table({"embedding": list(bad)}).replace_schema_metadata(meta), src / "b.parquet")
+    res = CliRunner().invoke(app, ["index", str(src), "--out", str(tmp_path / "ix"), "--ray", "-q"])
+    assert res.exit_code == 2 and "NaN" in res.output and not (tmp_path / "ix").exists()
+    error = [line for line in res.output.splitlines() if line.startswith("hyperret: error:")]
+    assert len(error) == 1 and "b.parquet" in error[0] and "Traceback" not in res.output  # one line, as locally

@@ -51,6 +51,9 @@ def index_cmd(
     modality: str | None = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
                                            "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
+    ray: bool = typer.Option(False, "--ray", help="Embedding tables: Ray workers read the parts and write the "
+                             "shards (local Ray; the ray extra); one commit at the end."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="A Ray cluster for --ray."),
     geometry: str | None = typer.Option(None, "--geometry", help="lorentz (HySAC space components) or cosine "
                                            "(Euclidean CLIP vectors, ranked by cosine similarity). Default: what "
                                            "the source records; clip-retrieval folders are cosine."),
@@ -63,6 +66,8 @@ def index_cmd(
     if model is not None or (source.is_dir() and not is_embedding_folder(source)):
         if model is None:
             fail(f"{source} is a folder: indexing images needs --model (a HySAC or open_clip checkpoint)")
+        if ray or ray_address is not None:
+            fail("--ray indexes embedding tables; images on Ray are not built yet")
         if append or curv is not None or modality is not None or geometry is not None:
             fail("--append, --curv, --modality and --geometry are for precomputed embeddings; an image run "
                  "resumes by itself")
@@ -77,7 +82,7 @@ def index_cmd(
             typer.echo(images_text(summary))
         return
     info = build_with_bars(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet,
-                           bounds=bounds, modality=modality, geometry=geometry,
+                           bounds=bounds, modality=modality, geometry=geometry, ray=ray, ray_address=ray_address,
                            warn=lambda line: typer.echo(f"warning: {line}", err=True))
     if as_json:
         dump(info)

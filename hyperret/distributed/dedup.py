@@ -20,6 +20,7 @@ from ..dedup.pairs import PassStats
 from ..dedup.unionfind import union_pairs
 from ..storage.snapshot import Snapshot
 from ..storage.versions import read_version
+from . import remote
 
 #: cell batches per Ray CPU: enough to balance uneven cells, few enough to keep task overhead small
 BATCHES_PER_CPU = 4
@@ -73,7 +74,7 @@ class RayCellJoin:
         self.tasks += len(pending)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            out = ray.get(done[0])
+            out = remote.get(done[0])
             stats.checked += out["checked"]
             stats.within += out["within"]
             stats.merges += union_pairs(parent, out["a"], out["b"])

@@ -27,6 +27,7 @@ from ..safety.planner import make_plan
 from ..safety.traversal import HYSAC_ALPHA
 from ..search.result import SearchResult
 from ..storage.versions import read_latest
+from . import remote
 
 
 class PartServer:
@@ -128,7 +129,6 @@ class ShardedIndex:
                alpha: float = HYSAC_ALPHA, target: str | float | None = None, recall: float | None = None,
                ef: int | None = None, where: str | None = None, columns: list[str] | None = None) -> SearchResult:
         """As :meth:`hyperret.Index.search`, over every part: planned once, merged exactly by (distance, id)."""
-        import ray
 
         q = validate.vectors(queries, self.dim, what="query vectors")
         if self._manifest.geometry == "lorentz":
@@ -150,7 +150,7 @@ class ShardedIndex:
         meta: list[dict[str, Any]] = [{} for _ in range(m * k)]
         exact = True
         if len(todo):
-            outs = ray.get([a.search.remote(plan.queries[todo], int(k), pols, mods, options) for a in self.actors])
+            outs = remote.get([a.search.remote(plan.queries[todo], int(k), pols, mods, options) for a in self.actors])
             exact = all(o["exact"] for o in outs)
             mi, md, mu, mm = merge(outs, len(todo), int(k))
             ids[todo], dist[todo], unsafe[todo] = mi, md, mu

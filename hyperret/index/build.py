@@ -71,7 +71,8 @@ def remove_stale_partials(out: Path) -> list[Path]:
 def build_index(source: Path, out: Path, *, preset: str | None, curv: float | None, append: bool,
                 batch_rows: int = 65_536, bounds: Path | None = None, modality: str | None = None,
                 progress: Stage | None = None, geometry: str | None = None,
-                warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                warn: Callable[[str], None] | None = None, ray: bool = False,
+                ray_address: str | None = None) -> dict[str, Any]:
     """Read ``source`` and build (or append to) the index at ``out``; all or nothing.
 
     ``source``: a Parquet/Arrow file, a folder of them, or clip-retrieval's output
@@ -113,6 +114,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
         target = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
         ix = None
     stage = progress or _silent
+    on_ray = ray or ray_address is not None
     try:
         advance = stage("reading", src.rows)
         start = 0
@@ -127,6 +129,11 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
                     warn(f"{source}: the rows are unit vectors, as Euclidean CLIP features are; indexed as "
                          f"hyperbolic points they rank by a distance they were not trained for "
                          f"(--geometry cosine indexes them by cosine similarity)")
+            if on_ray:  # the first batch gave the dimension: Ray workers read every part
+                from ..distributed.indexing import index_on_ray
+
+                start = index_on_ray(ix, src, ray_address=ray_address, batch_rows=batch_rows, progress=advance)
+                break
             try:
                 ix.add(batch.vectors, ids=batch.ids, metadata=batch.metadata)
             except InvalidInputError as e:

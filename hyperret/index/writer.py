@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..search.recall import Calibration
 from ..search.segments import Segments, tail_min_rows
 from ..storage.deletions import DELETIONS_DIR, write_deletions
 from ..storage.fsutil import fsync_dir, fsync_file, sha256_file
-from ..storage.manifest import MANIFEST_NAME, CandidateEntry
+from ..storage.manifest import MANIFEST_NAME, CandidateEntry, FileEntry
 from ..storage.paths import index_file, own_dir
 from ..storage.shards import CORE_COLUMNS, SHARD_DIR, Shard, build_table, write_shard
 from ..storage.shardset import ShardSet
@@ -70,6 +71,26 @@ class Writes(IndexBase):
                 if self._pending_bytes >= SPILL_BYTES:
                     self._spill()
         return new_ids
+
+    def shard_rows(self, vectors: Any, ids: np.ndarray, metadata: Any = None) -> pa.Table:
+        """Rows checked as :meth:`add` checks them, as a shard's table (for :meth:`adopt_shards`; no state).
+
+        Works on a read-only handle: a Ray worker prepares its part with it and writes
+        the shard into the index's ``shards/``; the writer adopts and commits it.
+        """
+        x = validate.vectors(vectors, self.dim)
+        if self.geometry == "cosine":
+            x = unit_rows(x)
+        else:
+            validate.norms(x, self.curv)
+        n = x.shape[0]
+        ids = validate.ids(ids, n)
+        meta = validate.metadata(metadata, n)
+        self._check_modality_column(meta, n)
+        if meta is not None:
+            self._check_metadata_types(meta)
+        return shard_table(ids, x, self._with_safety_columns(meta, lorentz.radius(x, self.curv)), self.dim,
+                           self.curv)
 
     def rollback(self) -> None:
         """Forget every row added since the last commit."""
@@ -169,14 +190,46 @@ class Writes(IndexBase):
         ids = np.concatenate([p[0] for p in self._pending])
         x = np.concatenate([p[1] for p in self._pending])
         meta = _concat_metadata([p[2] for p in self._pending], [len(p[0]) for p in self._pending])
-        t64 = lorentz.time_component(x, self.curv)
         r64 = lorentz.radius(x, self.curv)
-        meta = self._with_safety_columns(meta, r64)
-        table = build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
+        table = shard_table(ids, x, self._with_safety_columns(meta, r64), self.dim, self.curv)
         entry = write_shard(self.path, table, tag=f"v{self.version + 1:06d}")
         self._pending_files.append(entry)
         self._pending.clear()
         self._pending_bytes = 0
+
+    def adopt_shards(self, entries: Sequence[FileEntry]) -> int:
+        """Add shards written elsewhere into this index's ``shards/`` (Ray workers) to the next commit.
+
+        Each is checked as a committed shard would be: its size, rows, dimension and
+        curvature, ids unique (among themselves, the pending rows and the index), metadata
+        types as the index's. Returns the rows adopted. Nothing is committed here: a
+        failure before :meth:`commit` leaves them unreferenced (collected as garbage).
+        """
+        self._require_writable()
+        rows = 0
+        with self._mutex:
+            for e in entries:
+                size = index_file(self.path, e.file, "shard").stat().st_size
+                if size != e.bytes:
+                    raise InvalidInputError(f"shard {e.file} has {size} bytes, its entry says {e.bytes}")
+                sh = Shard.open(self.path, e, self.dim)
+                meta = sh.table.schema.metadata or {}
+                if meta.get(b"hyperret.curv") != repr(self.curv).encode():
+                    raise InvalidInputError(f"shard {e.file} was written for curvature "
+                                            f"{meta.get(b'hyperret.curv')!r}, the index has {self.curv!r}")
+                ids = np.array(sh.ids, dtype=np.int64)
+                if len(np.unique(ids)) != len(ids):
+                    raise DuplicateIdError(f"shard {e.file} repeats an id")
+                self._check_new_ids(ids)
+                extra = [n for n in sh.table.column_names if n not in CORE_COLUMNS]
+                if extra:
+                    self._check_metadata_types(sh.table.select(extra))
+                self._pending_files.append(e)
+                self._pending_ids.append(ids)
+                if len(ids):
+                    self._next_id = max(self._next_id, int(ids.max()) + 1)
+                rows += len(ids)
+        return rows
 
     def _with_safety_columns(self, meta: pa.Table | None, r64: np.ndarray) -> pa.Table | None:
         """Prepend ``unsafe_score`` and ``unsafe_label`` (from the radii ``(n,)``) when the index has bounds."""
@@ -357,6 +410,13 @@ class Writes(IndexBase):
         for f in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
             f.unlink(missing_ok=True)
         return files, freed
+
+
+def shard_table(ids: np.ndarray, x: np.ndarray, meta: pa.Table | None, dim: int, curv: float) -> pa.Table:
+    """A shard's table of validated rows ``x: (n, dim)`` with ``ids: (n,)`` and their metadata."""
+    t64 = lorentz.time_component(x, curv)
+    r64 = lorentz.radius(x, curv)
+    return build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(dim), "hyperret.curv": repr(curv)})
 
 
 def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:

@@ -109,17 +109,27 @@ class Source:
             raise SourceError(f"{self.path}: read failed ({_first_line(e)})") from None
         return set(col.unique().to_pylist())
 
-    def batches(self) -> Iterator[Batch]:
-        """Validated batches, each ``(vectors, ids, metadata)``; row numbers in errors count from 0."""
+    def batches(self, row_groups: list[int] | None = None) -> Iterator[Batch]:
+        """Validated batches, each ``(vectors, ids, metadata)``; row numbers in errors count from 0.
+
+        ``row_groups``: a Parquet file's row groups to read (default: all; a worker's part).
+        """
         start = 0
-        for rb in self._record_batches():
+        for rb in self._record_batches(row_groups):
             yield self._convert(rb, start)
             start += rb.num_rows
 
-    def _record_batches(self) -> Iterator[pa.RecordBatch]:
+    @property
+    def row_groups(self) -> list[int]:
+        """Rows per Parquet row group (``[]`` for Arrow files and streams)."""
+        if self.kind != "parquet":
+            return []
+        return [self._pq.metadata.row_group(i).num_rows for i in range(self._pq.metadata.num_row_groups)]
+
+    def _record_batches(self, row_groups: list[int] | None = None) -> Iterator[pa.RecordBatch]:
         try:
             if self.kind == "parquet":
-                yield from self._pq.iter_batches(batch_size=self.batch_rows)
+                yield from self._pq.iter_batches(batch_size=self.batch_rows, row_groups=row_groups)
             elif self.kind == "arrow-file":
                 for i in range(self._reader.num_record_batches):
                     yield self._reader.get_batch(i)

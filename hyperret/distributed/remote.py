@@ -1,0 +1,24 @@
+"""Results of Ray tasks and actors, with hyperret's own errors passed on as they were raised."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import HyperretError
+
+
+def get(refs: Any, where: str = "") -> Any:
+    """``ray.get(refs)``; a task's :class:`~hyperret.errors.HyperretError` is raised again as one line.
+
+    Ray wraps a remote exception with the remote traceback; a user error (bad data, a
+    bad predicate) should read as it does locally. ``where`` prefixes the message.
+    """
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, HyperretError):
+            raise type(cause)(f"{where}{cause}" if where else str(cause)) from None
+        raise
