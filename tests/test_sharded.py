@@ -160,3 +160,26 @@ def test_a_bad_part_stops_the_job_and_leaves_no_index(parts, tmp_path):
     assert res.exit_code == 2 and "NaN" in res.output and not (tmp_path / "ix").exists()
     error = [line for line in res.output.splitlines() if line.startswith("hyperret: error:")]
     assert len(error) == 1 and "b.parquet" in error[0] and "Traceback" not in res.output  # one line, as locally
+
+
+def test_a_worker_killed_mid_job_is_retried(parts, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hyperret.distributed.indexing import index_on_ray
+    from hyperret.storage.folders import open_source
+
+    src = tmp_path / "tables"
+    src.mkdir()
+    x = make_points(300, DIM, curv=CURV, seed=4).space
+    for j in range(3):
+        t = pa.table({"embedding": list(x[j * 100 : (j + 1) * 100])})
+        pq.write_table(t.replace_schema_metadata({b"hyperret.curv": repr(CURV).encode()}), src / f"p{j}.parquet")
+    marker = tmp_path / "killed"
+    with hyperret.Index.create(tmp_path / "ix", dim=DIM, curv=CURV) as ix:
+        assert index_on_ray(ix, open_source(src), kill_once=str(marker)) == 300
+        ix.commit()
+    assert marker.exists()  # a worker did die; Ray ran its part again
+    got = hyperret.Index.open(tmp_path / "ix")
+    np.testing.assert_array_equal(got.ids(), np.arange(300))
+    np.testing.assert_array_equal(got.vectors(np.arange(300)), x)

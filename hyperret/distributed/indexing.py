@@ -30,9 +30,19 @@ PARTS_PER_CPU = 2
 
 
 def _index_part(index: str, file: str, row_groups: list[int] | None, id_start: int | None, batch_rows: int,
-                tag: str) -> FileEntry:
-    """A Ray task: rows of ``file`` (``row_groups`` of it) as one shard of the index at ``index``."""
+                tag: str, kill_once: str | None = None) -> FileEntry:
+    """A Ray task: rows of ``file`` (``row_groups`` of it) as one shard of the index at ``index``.
+
+    ``kill_once`` (tests): a marker path; the first attempt that finds no marker makes
+    it and kills its own worker process, as a crashed machine would.
+    """
+    import os
+
     from ..index import Index
+
+    if kill_once is not None and not os.path.exists(kill_once):
+        Path(kill_once).touch()
+        os._exit(1)
 
     ix = Index.open(index)
     tables = []
@@ -66,10 +76,11 @@ def parts_of(src: Any) -> list[tuple[str, list[int] | None, int]]:
 
 
 def index_on_ray(ix: Any, src: Any, *, ray_address: str | None = None, batch_rows: int = 65_536,
-                 progress: Any = None) -> int:
+                 progress: Any = None, kill_once: str | None = None) -> int:
     """Write ``src``'s rows as shards of the writable ``ix`` from Ray tasks and adopt them; returns the rows.
 
     The caller commits. Rows without ids are numbered from the index's counter, part by part.
+    ``kill_once`` (tests): the first part's first worker dies (see :func:`_index_part`).
     """
     import ray
 
@@ -83,7 +94,7 @@ def index_on_ray(ix: Any, src: Any, *, ray_address: str | None = None, batch_row
     pending, rows_of, file_of = [], {}, {}
     for n, (file, groups, rows) in enumerate(parts):
         ref = task.remote(path, file, groups, None if has_ids else start, batch_rows,
-                          f"v{ix.version + 1:06d}-ray{n:05d}")
+                          f"v{ix.version + 1:06d}-ray{n:05d}", kill_once if n == 0 else None)  # type: ignore[call-arg]
         pending.append(ref)
         rows_of[ref], file_of[ref] = rows, file
         start += rows
