@@ -183,3 +183,29 @@ def test_a_worker_killed_mid_job_is_retried(parts, tmp_path):
     got = hyperret.Index.open(tmp_path / "ix")
     np.testing.assert_array_equal(got.ids(), np.arange(300))
     np.testing.assert_array_equal(got.vectors(np.arange(300)), x)
+
+
+def test_a_driver_gone_before_its_commit_leaves_the_previous_version(parts, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hyperret.distributed.indexing import index_on_ray
+    from hyperret.storage.folders import open_source
+
+    x = make_points(200, DIM, curv=CURV, seed=6).space
+    with hyperret.Index.create(tmp_path / "ix", dim=DIM, curv=CURV) as ix:
+        ix.add(x[:50])
+        ix.commit()
+    src = tmp_path / "more"
+    src.mkdir()
+    t = pa.table({"embedding": list(x[50:])}).replace_schema_metadata({b"hyperret.curv": repr(CURV).encode()})
+    pq.write_table(t, src / "p.parquet")
+    w = hyperret.Index.open(tmp_path / "ix", writable=True)
+    assert index_on_ray(w, open_source(src)) == 150  # the workers wrote their shards...
+    shards = set((tmp_path / "ix" / "shards").iterdir())
+    w._lock.release()  # ...and the driver dies here: no commit, no rollback, its lock left to go stale
+    ix = hyperret.Index.open(tmp_path / "ix")
+    assert ix.version == 1 and len(ix) == 50  # the previous version, whole
+    with hyperret.Index.open(tmp_path / "ix", writable=True) as again:  # the next writer collects the orphans
+        assert again.version == 1
+    assert len(set((tmp_path / "ix" / "shards").iterdir())) < len(shards)
