@@ -44,14 +44,8 @@ class Writes(IndexBase):
         Arrow table or a dict of columns with ``n`` rows.
         """
         self._require_writable()
-        x = validate.vectors(vectors, self.dim)
-        if self.geometry == "cosine":
-            x = unit_rows(x)
-        else:
-            validate.norms(x, self.curv)
+        x, meta = self._checked_rows(vectors, metadata)
         n = x.shape[0]
-        meta = validate.metadata(metadata, n)
-        self._check_modality_column(meta, n)
         with self._mutex:
             if meta is not None:
                 self._check_metadata_types(meta)
@@ -78,19 +72,23 @@ class Writes(IndexBase):
         Works on a read-only handle: a Ray worker prepares its part with it and writes
         the shard into the index's ``shards/``; the writer adopts and commits it.
         """
+        x, meta = self._checked_rows(vectors, metadata)
+        ids = validate.ids(ids, x.shape[0])
+        if meta is not None:
+            self._check_metadata_types(meta)
+        return shard_table(ids, x, self._with_safety_columns(meta, lorentz.radius(x, self.curv)), self.dim,
+                           self.curv)
+
+    def _checked_rows(self, vectors: Any, metadata: Any) -> tuple[np.ndarray, pa.Table | None]:
+        """Vectors ``(n, dim)`` checked (unit rows for a cosine index) and their metadata, as ``add`` takes them."""
         x = validate.vectors(vectors, self.dim)
         if self.geometry == "cosine":
             x = unit_rows(x)
         else:
             validate.norms(x, self.curv)
-        n = x.shape[0]
-        ids = validate.ids(ids, n)
-        meta = validate.metadata(metadata, n)
-        self._check_modality_column(meta, n)
-        if meta is not None:
-            self._check_metadata_types(meta)
-        return shard_table(ids, x, self._with_safety_columns(meta, lorentz.radius(x, self.curv)), self.dim,
-                           self.curv)
+        meta = validate.metadata(metadata, x.shape[0])
+        self._check_modality_column(meta, x.shape[0])
+        return x, meta
 
     def rollback(self) -> None:
         """Forget every row added since the last commit."""
