@@ -80,3 +80,9 @@ class ModelMismatchError(HyperretError, ValueError):
 
 class DependencyError(HyperretError, ImportError):
     """An optional dependency (the model stack: torch, open_clip_torch, pillow) is not installed."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, DependencyError
+from ..errors import CheckpointError, DependencyError, first_line
 
 #: File names looked for in a directory or a Hugging Face repository, in order.
 MODEL_FILES = (
@@ -122,7 +122,7 @@ class TensorFile:
             try:
                 self._safe = safe_open(str(self.path), framework="pt", device="cpu")
             except Exception as e:
-                raise CheckpointError(f"{self.path}: unreadable safetensors file ({_first_line(e)})") from None
+                raise CheckpointError(f"{self.path}: unreadable safetensors file ({first_line(e)})") from None
             names = list(self._safe.keys())
         else:
             self._dict = _torch_load(self.path, mmap=kind == "torch-zip")
@@ -184,12 +184,12 @@ def _torch_load(path: Path, *, mmap: bool) -> dict[str, Any]:
         if mmap and "mmap" in str(e):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({_first_line(e)})") from None
+            raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({first_line(e)})") from None
     except Exception as e:  # UnpicklingError: the file wants to run code that weights_only forbids
         if type(e).__name__ == "UnpicklingError":
             raise CheckpointError(f"{path}: refused: it holds Python objects beyond tensors, which a safe "
                                   f"load (weights_only=True) will not execute") from None
-        raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({first_line(e)})") from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -197,8 +197,3 @@ def _torch_load(path: Path, *, mmap: bool) -> dict[str, Any]:
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
     return obj
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

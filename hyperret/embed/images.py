@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import first_line
+
 #: Default pixel limit (width x height) before decoding: 178,956,970 is twice
 #: Pillow's own warning level; larger files are skipped as decompression bombs.
 MAX_PIXELS = 178_956_970
@@ -76,7 +78,7 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, draft: int | None = Non
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageSkipped(f"too large: over {max_pixels:,} pixels (decompression bomb?)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageSkipped(f"corrupt header: {_first_line(e)}") from None
+            raise ImageSkipped(f"corrupt header: {first_line(e)}") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageSkipped(f"too large: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}")
@@ -91,7 +93,7 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, draft: int | None = Non
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-        raise ImageSkipped(f"truncated or corrupt: {_first_line(e)}") from None
+        raise ImageSkipped(f"truncated or corrupt: {first_line(e)}") from None
     try:
         if orientation != 1:
             from PIL import ImageOps
@@ -99,7 +101,7 @@ def decode(data: bytes, *, max_pixels: int = MAX_PIXELS, draft: int | None = Non
             img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img)
     except (OSError, ValueError) as e:
-        raise ImageSkipped(f"cannot convert mode {img.mode}: {_first_line(e)}") from None
+        raise ImageSkipped(f"cannot convert mode {img.mode}: {first_line(e)}") from None
     if orientation in _SWAPS:
         w, h = h, w
     return Decoded(rgb, w, h)
@@ -130,8 +132,3 @@ def to_rgb(img: Any) -> Any:
         a8 = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
         return Image.fromarray(a8, mode="L").convert("RGB")
     return img.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__

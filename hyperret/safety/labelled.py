@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..errors import DependencyError, InvalidInputError, MissingColumnError, SourceError
+from ..errors import DependencyError, InvalidInputError, MissingColumnError, SourceError, first_line
 from ..storage.sources import CURV_KEY, Source, resolve_curv
 
 PAIRED_NAMES = {"S": "safe_text", "U": "unsafe_text", "V": "safe_image", "G": "unsafe_image"}
@@ -141,8 +141,7 @@ def _torch_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (objects beyond tensors), truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SourceError(f"{path} is not a PyTorch file of tensors that loads safely ({first})") from None
+        raise SourceError(f"{path} is not a PyTorch file of tensors that loads safely ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise SourceError(f"{path} holds a {type(obj).__name__}, not a dict of embedding tensors")
     return {str(k): v.detach().float().numpy() for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DimensionMismatchError, InvalidInputError, SourceError
+from ..errors import DimensionMismatchError, InvalidInputError, SourceError, first_line
 from .sources import Batch, Source
 
 _PARTS = {"img_emb": "image", "text_emb": "text"}
@@ -82,7 +82,7 @@ class ClipRetrievalSource:
                 try:
                     info = pq.ParquetFile(meta)
                 except (pa.ArrowInvalid, OSError) as e:
-                    raise SourceError(f"{meta} is not a readable Parquet file ({_first(e)})") from None
+                    raise SourceError(f"{meta} is not a readable Parquet file ({first_line(e)})") from None
                 if info.metadata.num_rows != arr.shape[0]:
                     raise SourceError(f"{meta.name} has {info.metadata.num_rows} rows, {arrays[n].name} "
                                       f"{arr.shape[0]}")
@@ -166,14 +166,11 @@ def _open_npy(f: Path) -> np.ndarray:
     try:
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise SourceError(f"{f} is not a readable .npy array ({_first(e)})") from None
+        raise SourceError(f"{f} is not a readable .npy array ({first_line(e)})") from None
     if arr.ndim != 2 or arr.dtype.kind != "f" or arr.shape[1] < 1:
         raise SourceError(f"{f} holds a {arr.dtype} array of shape {arr.shape}, not (rows, dim) floats")
     return arr
 
-
-def _first(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 __all__ = ["ClipRetrievalSource", "FolderSource", "is_embedding_folder", "open_source"]

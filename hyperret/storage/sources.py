@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import validate
-from ..errors import DimensionMismatchError, InvalidInputError, MissingColumnError, SourceError
+from ..errors import DimensionMismatchError, InvalidInputError, MissingColumnError, SourceError, first_line
 
 EMBEDDING = "embedding"
 ID = "id"
@@ -60,7 +60,7 @@ class Source:
                 self._stream = pa.ipc.open_stream(pa.memory_map(str(self.path), "r"))
                 self.kind, self.schema, self.rows = "arrow-stream", self._stream.schema, None
         except (pa.ArrowInvalid, OSError) as e:
-            raise SourceError(f"{self.path} is not a readable Parquet or Arrow IPC file ({_first_line(e)})") from None
+            raise SourceError(f"{self.path} is not a readable Parquet or Arrow IPC file ({first_line(e)})") from None
         if EMBEDDING not in self.schema.names:
             raise MissingColumnError(f"{self.path} has no {EMBEDDING!r} column "
                                      f"(columns: {', '.join(self.schema.names)})")
@@ -106,7 +106,7 @@ class Source:
             else:
                 return None
         except (pa.ArrowInvalid, OSError) as e:
-            raise SourceError(f"{self.path}: read failed ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: read failed ({first_line(e)})") from None
         return set(col.unique().to_pylist())
 
     def batches(self, row_groups: list[int] | None = None) -> Iterator[Batch]:
@@ -136,7 +136,7 @@ class Source:
             else:
                 yield from self._stream
         except (pa.ArrowInvalid, OSError) as e:
-            raise SourceError(f"{self.path}: read failed ({_first_line(e)})") from None
+            raise SourceError(f"{self.path}: read failed ({first_line(e)})") from None
 
     def _convert(self, rb: pa.RecordBatch, start: int) -> Batch:
         col = rb.column(EMBEDDING)
@@ -193,7 +193,3 @@ def resolve_curv(given: float | None, recorded: float | None, where: str, *, req
             raise InvalidInputError(f"curvature unknown for {where}: pass --curv or set the schema key hyperret.curv")
         return None
     return validate.curvature(c)
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
