@@ -71,19 +71,25 @@ def merge(parts: list[dict[str, Any]], m: int, k: int) -> tuple[np.ndarray, np.n
 
     ``parts[p]``: ``ids (m, kp)``, ``distances (m, kp)``, ``unsafe (m, kp) | None``, ``meta`` per hit.
     """
-    ids = np.full((m, k), -1, np.int64)
-    dist = np.full((m, k), np.inf, np.float32)
-    unsafe = np.zeros((m, k), bool)
-    meta: list[dict[str, Any]] = []
-    for i in range(m):
-        cand = [(float(p["distances"][i, j]), int(p["ids"][i, j]), n, j)
-                for n, p in enumerate(parts) for j in range(p["ids"].shape[1]) if p["ids"][i, j] >= 0]
-        cand.sort(key=lambda c: (c[0], c[1]))
-        for j, (d, hid, n, jj) in enumerate(cand[:k]):
-            ids[i, j], dist[i, j] = hid, d
-            u = parts[n]["unsafe"]
-            unsafe[i, j] = bool(u[i, jj]) if u is not None else False
-        meta.extend([parts[n]["meta"][i][jj] for _, _, n, jj in cand[:k]] + [{}] * (k - min(k, len(cand))))
+    ids = np.concatenate([np.asarray(p["ids"], np.int64).reshape(m, -1) for p in parts], axis=1)
+    dist = np.concatenate([np.asarray(p["distances"], np.float32).reshape(m, -1) for p in parts], axis=1)
+    unsafe = np.concatenate([np.zeros(p["ids"].shape, bool) if p["unsafe"] is None
+                             else np.asarray(p["unsafe"], bool).reshape(m, -1) for p in parts], axis=1)
+    part = np.concatenate([np.full(p["ids"].shape[1], n) for n, p in enumerate(parts)])
+    col = np.concatenate([np.arange(p["ids"].shape[1]) for p in parts])
+    dist = np.where(ids >= 0, dist, np.float32(np.inf))
+    width = ids.shape[1]
+    if width < k:  # fewer hits than k in all parts together: pad
+        pad = ((0, 0), (0, k - width))
+        ids, dist, unsafe = (np.pad(ids, pad, constant_values=-1), np.pad(dist, pad, constant_values=np.inf),
+                             np.pad(unsafe, pad))
+        part, col = np.pad(part, (0, k - width)), np.pad(col, (0, k - width))
+    order = np.lexsort((ids, dist), axis=1)[:, :k]  # by distance, ties by the lower id; padding (inf, -1) last
+    ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
+    found = ids >= 0
+    unsafe = np.take_along_axis(unsafe, order, 1) & found
+    meta = [parts[int(part[o])]["meta"][i][int(col[o])] if f else {}
+            for i in range(m) for o, f in zip(order[i], found[i])]
     return ids, dist, unsafe, meta
 
 
