@@ -51,9 +51,6 @@ class PartServer:
                 "meta": res.metadata(columns), "counters": counters,
                 "version": res.snapshot.manifest.version}
 
-    def info(self) -> dict[str, Any]:
-        return self.ix.info()
-
 
 @dataclass(frozen=True)
 class MergedHits:

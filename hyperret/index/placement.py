@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..search.exact import CpuExact, Exact
+from ..errors import InvalidInputError
+from ..search.exact import Exact
 from ..storage.snapshot import Snapshot
 
 
@@ -20,19 +21,14 @@ class OnDevice:
     """
 
     def __init__(self, device: str, dim: int, curv: float, storage: str = "float32", scan: str = "auto"):
-        from ..cuda import CudaExact, Device, DeviceRows
+        from ..cuda import Device, DeviceRows, faiss_gpu
+        from ..cuda.exact import METHODS
 
-        if scan not in ("auto", "fused", "gemm"):
-            from ..errors import InvalidInputError
-
-            raise InvalidInputError(f"unknown GPU scan method {scan!r} (one of: auto, fused, gemm)")
-        self.name = device
+        if scan not in METHODS:  # before the device is opened and the rows uploaded
+            raise InvalidInputError(f"unknown GPU scan method {scan!r} (one of: {', '.join(METHODS)})")
         self.device = Device.open(device)
         self.rows = DeviceRows(self.device, dim, curv, storage)
         self.curv, self.scan = curv, scan
-        self._kernels = CudaExact
-        from ..cuda import faiss_gpu
-
         #: faiss-gpu copies of the flat / IVF structures (None: this FAISS has no GPU support)
         self.structures = faiss_gpu.GpuStructures(self.device.ordinal) if faiss_gpu.available() else None
         self.structures_on_gpu = 0
@@ -44,25 +40,19 @@ class OnDevice:
         cached = self._cached
         if cached is not None and cached[0] is snap:
             return cached[1]
+        from ..cuda import CudaExact
+
         with self._lock:
             view = self.rows.sync(snap)
             if self.structures is not None and snap.stage is not None:
                 self.structures_on_gpu = self.structures.attach([c.file for c in snap.manifest.candidates],
                                                                 [p.stage for p in snap.stage.parts])
-            ex = self._kernels(self.device, view, snap.shardset, self.curv, method=self.scan)
+            ex = CudaExact(self.device, view, snap.shardset, self.curv, method=self.scan)
             self._cached = (snap, ex)
             return ex
-
-    @property
-    def storage(self) -> str:
-        return self.rows.storage
 
     def memory(self) -> dict[str, Any]:
         """What the index holds on the device and what the device has (:meth:`DeviceRows.memory`)."""
         return {**self.rows.memory(), "faiss_gpu": self.structures is not None,
                 "structures_on_gpu": self.structures_on_gpu}
 
-
-def cpu_exact(snap: Snapshot, curv: float) -> Exact:
-    """The CPU kernels over ``snap``'s shards."""
-    return CpuExact(snap.shardset, curv)
