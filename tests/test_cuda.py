@@ -40,19 +40,12 @@ def pts():
     return make_points(400, DIM, curv=CURV, n_concepts=6, seed=4)
 
 
-class _Snap:
-    """What DeviceRows reads of a snapshot: the shard files and their arrays."""
-
-    def __init__(self, parts: list[np.ndarray], names: list[str], dim: int = DIM):
-        self.shardset = ShardSet(parts, dim)
-        self.manifest = type("M", (), {"shards": [type("E", (), {"file": f})() for f in names]})()
-
-
 def _device_exact(parts, names=None, storage="float32", method="auto"):
     dev = Device.open("cuda")
     rows = DeviceRows(dev, DIM, CURV, storage)
-    snap = _Snap(parts, names or [f"s{i}" for i in range(len(parts))])
-    return CudaExact(dev, rows.sync(snap), snap.shardset, CURV, method=method), rows, snap
+    shards = ShardSet(parts, DIM)
+    view = rows.sync(names or [f"s{i}" for i in range(len(parts))], shards)
+    return CudaExact(dev, view, shards, CURV, method=method), rows, shards
 
 
 # ------------------------------------------------------------------ kernels
@@ -62,12 +55,12 @@ def test_scan_matches_the_cpu_scan_across_blocks_and_passes(pts, method, monkeyp
 
     monkeypatch.setattr(cuda_exact, "_MAX_GRID_Y", 3)  # 5 queries in two launches
     data = pts.space[:300]
-    ex, _, snap = _device_exact([data[:130], data[130:]], method=method)
+    ex, _, shards = _device_exact([data[:130], data[130:]], method=method)
     q = make_queries(pts, 5, seed=2)
     kc = 26  # 5 blocks of 64 rows keep 26 each: two selection passes
     assert -(-300 // K.CHUNK) * kc > K.CHUNK or K.CHUNK > 300  # (on a GPU one block holds them all)
     got = ex.scan(q, kc)
-    want = CpuExact(snap.shardset, CURV).scan(q, kc)
+    want = CpuExact(shards, CURV).scan(q, kc)
     assert ex.cpu_fallbacks == 0
     np.testing.assert_array_equal(got, want)
 
@@ -91,14 +84,14 @@ def test_rerank_matches_the_float64_reference(pts, exact_knn, monkeypatch):
 
 def test_skip_masks_are_honoured_in_scan_and_rerank(pts, exact_knn):
     data = pts.space[:300]
-    ex, _, snap = _device_exact([data], method="fused")
+    ex, _, shards = _device_exact([data], method="fused")
     q = make_queries(pts, 4, seed=5)
     skip = np.zeros(300, np.uint8)
     skip[::3] = 1  # unsafe
     skip[1::7] = 2  # deleted
     cand = ex.scan(q, 20, skip=skip)
     assert (skip[cand[cand >= 0]] == 0).all()
-    np.testing.assert_array_equal(cand, CpuExact(snap.shardset, CURV).scan(q, 20, skip=skip))
+    np.testing.assert_array_equal(cand, CpuExact(shards, CURV).scan(q, 20, skip=skip))
     every = np.tile(np.arange(300), (4, 1))
     skipped = np.zeros(4, np.int64)
     rows, _ = ex.rerank(q, every, 10, skip=skip, skipped=skipped)
@@ -107,15 +100,15 @@ def test_skip_masks_are_honoured_in_scan_and_rerank(pts, exact_knn):
     np.testing.assert_array_equal(rows, keep[want])
     assert (skipped == np.count_nonzero(skip == 1)).all()  # rows marked 1 are counted, deleted ones (2) are not
     cpu_skipped = np.zeros(4, np.int64)
-    CpuExact(snap.shardset, CURV).rerank(q, every, 10, skip=skip, skipped=cpu_skipped)
+    CpuExact(shards, CURV).rerank(q, every, 10, skip=skip, skipped=cpu_skipped)
     np.testing.assert_array_equal(skipped, cpu_skipped)
 
 
 def test_a_partial_dimension_tile(exact_knn):
     odd = make_points(150, 7, curv=CURV, n_concepts=4, seed=8)  # 7 = one full tile and a part (simulator)
     dev = Device.open("cuda")
-    snap = _Snap([odd.space], ["o"], dim=7)
-    ex = CudaExact(dev, DeviceRows(dev, 7, CURV).sync(snap), snap.shardset, CURV, method="fused")
+    shards = ShardSet([odd.space], 7)
+    ex = CudaExact(dev, DeviceRows(dev, 7, CURV).sync(["o"], shards), shards, CURV, method="fused")
     q = make_queries(odd, 3, seed=1)
     r, d = ex.rerank(q, ex.scan(q, 20), 5)
     want, want_d = exact_knn(q, odd.space, CURV, 5)
@@ -125,16 +118,17 @@ def test_a_partial_dimension_tile(exact_knn):
 
 def test_requests_beyond_the_kernels_fall_back_to_the_cpu(pts):
     data = pts.space[:200]
-    ex, _, snap = _device_exact([data])
+    ex, _, shards = _device_exact([data])
     q = make_queries(pts, 2, seed=6)
     got = ex.scan(q, K.MAX_KC + 1)
     assert ex.cpu_fallbacks == 1
-    np.testing.assert_array_equal(got, CpuExact(snap.shardset, CURV).scan(q, K.MAX_KC + 1))
+    np.testing.assert_array_equal(got, CpuExact(shards, CURV).scan(q, K.MAX_KC + 1))
     wide = np.random.default_rng(0).normal(0, 0.1, (40, K.MAX_DIM + 1)).astype(np.float32)
     dev = Device.open("cuda")
-    snap = _Snap([wide], ["w"], dim=K.MAX_DIM + 1)
-    big = CudaExact(dev, DeviceRows(dev, K.MAX_DIM + 1, CURV).sync(snap), snap.shardset, CURV, method="fused")
-    cpu = CpuExact(snap.shardset, CURV)
+    wide_shards = ShardSet([wide], K.MAX_DIM + 1)
+    big = CudaExact(dev, DeviceRows(dev, K.MAX_DIM + 1, CURV).sync(["w"], wide_shards), wide_shards, CURV,
+                    method="fused")
+    cpu = CpuExact(wide_shards, CURV)
     r, d = big.rerank(wide[:2], big.scan(wide[:2], 5), 3)  # the query does not fit in shared memory
     assert big.cpu_fallbacks == 2
     np.testing.assert_array_equal(r, cpu.rerank(wide[:2], cpu.scan(wide[:2], 5), 3)[0])
@@ -144,15 +138,15 @@ def test_device_rows_upload_only_new_shards(pts):
     a, b, c = pts.space[:100], pts.space[100:250], pts.space[250:400]
     dev = Device.open("cuda")
     rows = DeviceRows(dev, DIM, CURV)
-    v1 = rows.sync(_Snap([a], ["a"]))
+    v1 = rows.sync(["a"], ShardSet([a], DIM))
     assert v1.n == 100 and rows.uploaded_bytes == a.nbytes
-    v2 = rows.sync(_Snap([a, b], ["a", "b"]))  # a commit appended a shard
+    v2 = rows.sync(["a", "b"], ShardSet([a, b], DIM))  # a commit appended a shard
     assert v2.n == 250 and rows.uploaded_bytes == a.nbytes + b.nbytes and rows.full_uploads == 1
     np.testing.assert_array_equal(v2.rows.copy_to_host()[:250], np.concatenate([a, b]))
     np.testing.assert_allclose(v2.xn.copy_to_host()[:250], np.einsum("ij,ij->i", *(np.concatenate([a, b]),) * 2,
                                                                      dtype=np.float64), rtol=1e-12)
     assert v1.n == 100  # a search holding the old view still sees its rows
-    rows.sync(_Snap([c], ["c"]))  # a compaction rewrote the shards: everything again
+    rows.sync(["c"], ShardSet([c], DIM))  # a compaction rewrote the shards: everything again
     assert rows.full_uploads == 2
     mem = rows.memory()
     assert mem["rows"] == 150 and mem["rows_bytes"] >= 150 * DIM * 4 and mem["device"] == "cuda:0"

@@ -82,16 +82,6 @@ def make_rows(n: int, dim: int, seed: int) -> np.ndarray:
     return x
 
 
-class _Snap:
-    """The two things ``DeviceRows.sync`` reads of a snapshot: shard files and their arrays."""
-
-    def __init__(self, parts: list[np.ndarray], dim: int):
-        from hyperret.storage.shardset import ShardSet
-
-        self.shardset = ShardSet(parts, dim)
-        self.manifest = type("M", (), {"shards": [type("E", (), {"file": f"s{i}"})() for i in range(len(parts))]})()
-
-
 def _timed(fn, reps: int) -> float:
     """Seconds per call of ``fn`` (device synchronised), after one warm-up call."""
     from numba import cuda
@@ -108,17 +98,19 @@ def _timed(fn, reps: int) -> float:
 def run(n: int, a: argparse.Namespace, dev: Any) -> dict[str, Any]:
     from hyperret.cuda import CudaExact, DeviceRows
     from hyperret.search.exact import CpuExact
+    from hyperret.storage.shardset import ShardSet
 
     t = time.perf_counter()
     x = make_rows(n, a.dim, seed=1)
     parts = [x[s : s + SHARD_ROWS] for s in range(0, n, SHARD_ROWS)]
-    snap = _Snap(parts, a.dim)
+    shards = ShardSet(parts, a.dim)
+    files = [f"s{i}" for i in range(len(parts))]
     rec: dict[str, Any] = {"rows": n, "dim": a.dim, "generate_s": time.perf_counter() - t}
     print(f"\n## {n:,} rows, dim {a.dim}", flush=True)
     for storage in ("float16", "float32"):  # float32 last: it stays resident for the searches
         rows = DeviceRows(dev, a.dim, a.curv, storage)
         t = time.perf_counter()
-        view = rows.sync(snap)
+        view = rows.sync(files, shards)
         from numba import cuda
 
         cuda.synchronize()
@@ -137,7 +129,7 @@ def run(n: int, a: argparse.Namespace, dev: Any) -> dict[str, Any]:
             if method == "fused" and m > a.fused_max_batch:
                 point[method] = 0.0  # it reads every row once per query: not a batch method
                 continue
-            ex = CudaExact(dev, view, snap.shardset, a.curv, method=method)
+            ex = CudaExact(dev, view, shards, a.curv, method=method)
             kc = ex.width(a.k)
             s = _timed(lambda ex=ex, q=q, kc=kc: ex.rerank(q, ex.scan(q, kc), a.k), a.reps)
             point[method] = m / s
@@ -148,8 +140,8 @@ def run(n: int, a: argparse.Namespace, dev: Any) -> dict[str, Any]:
         ratio = f"{best / base:.2f}x" if base else "n/a"
         print(f"batch {m}: fused {point['fused']:,.0f} q/s, gemm {point['gemm']:,.0f} q/s, "
               f"CuPy GEMM+top-k {base or 0:,.0f} q/s ({ratio})", flush=True)
-    rec["identity"] = _identity(x, snap, view, dev, a, CpuExact(snap.shardset, a.curv))
-    rec["rerank_bandwidth"] = _rerank_bandwidth(view, snap, dev, a)
+    rec["identity"] = _identity(x, shards, view, dev, a, CpuExact(shards, a.curv))
+    rec["rerank_bandwidth"] = _rerank_bandwidth(view, shards, dev, a)
     return rec
 
 
@@ -181,7 +173,7 @@ def _cupy_baseline(view: Any, q: np.ndarray, k: int, curv: float, reps: int) -> 
     return len(q) / _timed(search, reps)
 
 
-def _identity(x: np.ndarray, snap: _Snap, view: Any, dev: Any, a: argparse.Namespace, cpu: Any) -> dict[str, Any]:
+def _identity(x: np.ndarray, shards: Any, view: Any, dev: Any, a: argparse.Namespace, cpu: Any) -> dict[str, Any]:
     """The GPU's ids and distances against the CPU kernels' on ``a.check`` queries."""
     from hyperret.cuda import CudaExact
 
@@ -190,7 +182,7 @@ def _identity(x: np.ndarray, snap: _Snap, view: Any, dev: Any, a: argparse.Names
     want_r, want_d = cpu.rerank(q, cpu.scan(q, cpu.width(a.k)), a.k)
     res = {}
     for method in ("fused", "gemm"):
-        ex = CudaExact(dev, view, snap.shardset, a.curv, method=method)
+        ex = CudaExact(dev, view, shards, a.curv, method=method)
         r, d = ex.rerank(q, ex.scan(q, ex.width(a.k)), a.k)
         rel = float(np.max(np.abs(d - want_d) / np.maximum(np.abs(want_d), 1e-30)))
         res[method] = {"ids_equal": float(np.mean(r == want_r)), "max_rel_distance_diff": rel}
@@ -199,7 +191,7 @@ def _identity(x: np.ndarray, snap: _Snap, view: Any, dev: Any, a: argparse.Names
     return res
 
 
-def _rerank_bandwidth(view: Any, snap: _Snap, dev: Any, a: argparse.Namespace) -> dict[str, float]:
+def _rerank_bandwidth(view: Any, shards: Any, dev: Any, a: argparse.Namespace) -> dict[str, float]:
     """The rerank kernel's bytes of candidate rows per second against a device-to-device copy's."""
     from numba import cuda
 
@@ -207,7 +199,7 @@ def _rerank_bandwidth(view: Any, snap: _Snap, dev: Any, a: argparse.Namespace) -
 
     m, kc, n, d = 1000 if not a.smoke else 4, a.rerank_kc, view.n, a.dim
     rng = np.random.default_rng(3)
-    q = np.ascontiguousarray(snap.shardset.gather(rng.integers(0, n, m)))
+    q = np.ascontiguousarray(shards.gather(rng.integers(0, n, m)))
     cand = rng.integers(0, n, (m, kc)).astype(np.int64)
     q64 = q.astype(np.float64)
     rq2 = np.einsum("ij,ij->i", q64, q64)

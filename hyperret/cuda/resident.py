@@ -12,12 +12,14 @@ search keeps the view it started with while a later sync grows the buffer.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..storage.shardset import ShardSet
 from .device import Device
 from .kernels import MAX_ROWS, row_norms
 
@@ -59,9 +61,9 @@ class DeviceRows:
         #: full uploads (the first, and after a compaction rewrote the shards)
         self.full_uploads = 0
 
-    def sync(self, snap: Any) -> Resident:
-        """The device view of ``snap`` (a :class:`~hyperret.storage.snapshot.Snapshot`), uploading what is new."""
-        files = [e.file for e in snap.manifest.shards]
+    def sync(self, files: Sequence[str], shards: ShardSet) -> Resident:
+        """The device view of a snapshot's ``shards``, named by their ``files``, uploading what is new."""
+        files = list(files)
         held, view = self._held
         if view is not None and held == files:
             return view
@@ -70,7 +72,7 @@ class DeviceRows:
             held, view = self._held
             if view is not None and held == files:
                 return view
-            arrays = snap.shardset.arrays
+            arrays = shards.arrays
             if view is not None and files[: len(held)] == held:
                 start, rows, xn, xt = view.n, view.rows, view.xn, view.xt
                 new = arrays[len(held):]

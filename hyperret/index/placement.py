@@ -43,7 +43,7 @@ class OnDevice:
         from ..cuda import CudaExact
 
         with self._lock:
-            view = self.rows.sync(snap)
+            view = self.rows.sync([e.file for e in snap.manifest.shards], snap.shardset)
             if self.structures is not None and snap.stage is not None:
                 self.structures_on_gpu = self.structures.attach([c.file for c in snap.manifest.candidates],
                                                                 [p.stage for p in snap.stage.parts])
