@@ -65,14 +65,14 @@ def _contents(out: Path) -> tuple:
 
 def _hook(monkeypatch, hook) -> None:
     """Every index ``index_images`` opens gets ``on_commit_step = hook``."""
-    real = indexer._open_or_create
+    real = indexer.open_or_create
 
     def opened(*a, **kw):
         ix, resumed, note = real(*a, **kw)
         ix.on_commit_step = hook
         return ix, resumed, note
 
-    monkeypatch.setattr(indexer, "_open_or_create", opened)
+    monkeypatch.setattr(indexer, "open_or_create", opened)
 
 
 # ---------------------------------------------------------------- Committer alone
@@ -202,8 +202,8 @@ class _Recorded:
 
 def test_the_index_is_written_by_one_thread_only(enc, folder, tmp_path, monkeypatch):
     log: list[tuple[int, str]] = []
-    real = indexer._open_or_create
-    monkeypatch.setattr(indexer, "_open_or_create", lambda *a, **kw: (_Recorded(real(*a, **kw)[0], log), False, None))
+    real = indexer.open_or_create
+    monkeypatch.setattr(indexer, "open_or_create", lambda *a, **kw: (_Recorded(real(*a, **kw)[0], log), False, None))
     s = _run(enc, folder, tmp_path / "ix", commit_every=4)
     assert s.rows == N_GOOD and s.commits >= 7
     main = threading.get_ident()

@@ -124,7 +124,7 @@ def predecoded(enc, files: list[Path], batch_size: int, workers: int) -> list:
     from hyperret.embed.images import MAX_PIXELS
     from hyperret.embed.indexer import _collate, _Files
 
-    ds = _Files(files, frozenset(), enc.pixel_transform, 2 * enc.image_size, MAX_PIXELS)
+    ds = _Files(files, frozenset(), enc.pixel_transform, 2 * enc.image_size, MAX_PIXELS, 0)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     return [pixels.clone() for _, pixels in loader]
 

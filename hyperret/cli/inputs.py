@@ -52,7 +52,7 @@ def embed_queries(ix: Any, texts: list[str], images: list[Path], *, model: str |
     import numpy as np
 
     from ..embed.encoder import load_encoder
-    from ..embed.indexer import check_model
+    from ..embed.runs import check_model
     from ..errors import ModelMismatchError
 
     recorded = ix.manifest.producer.get("model")

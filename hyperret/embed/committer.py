@@ -130,10 +130,10 @@ class RunWrites:
     def __init__(self, ix: Any, report: Any, summary: Any):
         self.ix, self.report, self.summary = ix, report, summary
 
-    def add(self, vectors: np.ndarray | None, meta: Any, lines: list[tuple[str, str]]) -> None:
-        """Buffer a batch's rows and write its report lines."""
+    def add(self, vectors: np.ndarray | None, meta: Any, lines: list[tuple[str, str]], ids: Any = None) -> None:
+        """Buffer a batch's rows (``ids``: theirs, else the counter's) and write its report lines."""
         if vectors is not None:
-            self.ix.add(vectors, metadata=meta)
+            self.ix.add(vectors, ids=ids, metadata=meta)
         for uri, why in lines:
             self.report.write(uri, why)
 

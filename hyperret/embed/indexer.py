@@ -8,34 +8,45 @@ meanwhile, so commits overlap them too. Rows are committed in chunks (every
 chunk, and a re-run skips files whose content (SHA-256) the index already holds.
 Files that cannot be indexed never stop the run: each is written to a JSON-lines
 report with its reason. Every row carries ``uri``, ``sha256``, ``width`` and ``height``.
+A file's row id is the run's first id (the index's counter) plus the file's place
+in the sorted listing: it depends on nothing but the listing, so a run on Ray
+(:mod:`hyperret.distributed.images`) gives the same ids; a skipped file leaves a gap.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, cast
 
 import numba
 import numpy as np
 
-from ..errors import IndexExistsError, InvalidInputError, ModelMismatchError
-from ..storage.manifest import MANIFEST_NAME
+from ..errors import InvalidInputError
 from .committer import Committer, RunWrites
 from .encoder import Encoder
 from .images import MAX_PIXELS, ImageSkipped, decode, read_file
 from .listing import list_images
-from .towers import model_config
+from .runs import (
+    ALREADY,
+    REPORTS_DIR,
+    Report,
+    RunSummary,
+    check_model,
+    indexed_hashes,
+    meta_table,
+    open_or_create,
+    reason_class,
+    stamp,
+)
 
-ALREADY = "already indexed"
-REPORTS_DIR = "reports"
+__all__ = ["ALREADY", "REPORTS_DIR", "RunSummary", "check_model", "index_images"]
+
 Progress = Callable[[int], None]  # called with the number of files just handled
 
 
@@ -44,41 +55,13 @@ class Item:
     """What a worker made of one file."""
 
     uri: str
+    id: int = -1  # the row id it gets if indexed: the run's first id + its place in the listing
     sha256: str | None = None
     width: int = 0
     height: int = 0
     pixels: Any = None  # (3, S, S) uint8 tensor, in the worker only (collated into one batch tensor)
     decoded: bool = False  # whether the batch tensor holds a row for this file
     reason: str | None = None  # why it is not indexed
-
-
-@dataclass
-class RunSummary:
-    path: str
-    listed: int = 0
-    indexed: int = 0
-    already_indexed: int = 0
-    skipped: int = 0
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)
-    report: str | None = None
-    commits: int = 0
-    compacted: bool = False  # the run ended by merging its commits' segments into one
-    seconds: float = 0.0
-    model_seconds: float = 0.0  # main process: inside the forward passes
-    wait_seconds: float = 0.0  # main process: waiting for decoded batches from the workers
-    first_batch_seconds: float = 0.0  # from the call to the first batch ready for the model (start-up included)
-    write_seconds: float = 0.0  # the writer: adding rows, committing (shards, candidate structure), the report
-    commit_wait_seconds: float = 0.0  # main process: blocked on the writer (all of write_seconds when synchronous)
-    background_commits: bool = True  # adds and commits ran on a writer thread
-    rows: int = 0
-    version: int = 0
-    resumed: bool = False
-    bounds_note: str | None = None  # why bounds found beside the checkpoint were not stored
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["images_per_second"] = self.indexed / self.seconds if self.seconds > 0 else 0.0
-        return d
 
 
 def default_workers() -> int:
@@ -88,8 +71,9 @@ def default_workers() -> int:
 class _Files:
     """A map-style dataset over file paths (a torch Dataset by duck typing)."""
 
-    def __init__(self, files: list[Path], known: frozenset[str], transform: Any, draft: int, max_pixels: int):
-        self.files, self.known, self.transform = files, known, transform
+    def __init__(self, files: list[Path], known: frozenset[str], transform: Any, draft: int, max_pixels: int,
+                 first_id: int):
+        self.files, self.known, self.transform, self.first_id = files, known, transform, first_id
         self.draft, self.max_pixels = draft, max_pixels
 
     def __len__(self) -> int:
@@ -97,7 +81,7 @@ class _Files:
 
     def __getitem__(self, i: int) -> Item:
         path = self.files[i]
-        item = Item(uri=str(path))
+        item = Item(uri=str(path), id=self.first_id + i)
         try:
             data, item.sha256 = read_file(path)
             if item.sha256 in self.known:
@@ -216,19 +200,20 @@ def index_images(
     out = Path(out)
     listing = list_images(images)
     n_workers = default_workers() if workers is None else int(workers)
-    ix, resumed, note = _open_or_create(out, encoder, preset, bounds, images)
+    ix, resumed, note = open_or_create(out, encoder, preset, bounds, images)
     summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed,
                          bounds_note=note)
     reasons: Counter[str] = Counter()
-    rep = _Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{_stamp()}.jsonl")
+    rep = Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{stamp()}.jsonl")
     committer: Committer | None = None
     try:
-        known = _indexed_hashes(ix)
+        known = indexed_hashes(ix)
         ignored = [(str(p), why) for p, why in listing.ignored]
-        reasons.update(_reason_class(why) for _, why in ignored)
+        reasons.update(reason_class(why) for _, why in ignored)
         if on_start is not None:
             on_start(len(listing.files), len(known))
-        ds = _Files(listing.files, frozenset(known), encoder.pixel_transform, 2 * encoder.image_size, max_pixels)
+        ds = _Files(listing.files, frozenset(known), encoder.pixel_transform, 2 * encoder.image_size, max_pixels,
+                    ix.manifest.next_id)
         # A worker decodes one batch per task (measured on an H100 with 15 workers: tasks of 18 or 64
         # files cost more in inter-process traffic than they save in start-up), after a short ramp;
         # the main process regroups the tasks' decoded images into model batches.
@@ -261,9 +246,9 @@ def index_images(
                 vectors = encoder.encode_uint8(pixels)
                 summary.model_seconds += time.perf_counter() - tf
             lines: list[tuple[str, str]] = []
-            rows, meta = _triage(items, known, lines, reasons, summary)
+            rows, ids, meta = _triage(items, known, lines, reasons, summary)
             if rows and vectors is not None:  # rows come only from decoded items, so from a batch
-                committer.submit(partial(writes.add, vectors[np.asarray(rows)], _meta_table(meta), lines))
+                committer.submit(partial(writes.add, vectors[np.asarray(rows)], meta_table(meta), lines, ids))
                 summary.indexed += len(rows)
                 handed += len(rows)
             elif lines:
@@ -294,9 +279,10 @@ def index_images(
 
 
 def _triage(items: list[Item], known: dict[str, str], lines: list[tuple[str, str]], reasons: Counter[str],
-            summary: RunSummary) -> tuple[list[int], dict[str, list[Any]]]:
-    """Which rows of a batch's vectors to add (and their metadata); the rest are counted or reported in ``lines``."""
+            summary: RunSummary) -> tuple[list[int], list[int], dict[str, list[Any]]]:
+    """Which rows of a batch's vectors to add (their ids, metadata); the rest are counted or reported in ``lines``."""
     rows: list[int] = []
+    ids: list[int] = []
     meta: dict[str, list[Any]] = {"uri": [], "sha256": [], "width": [], "height": []}
     j = -1  # row of the batch tensor
     for it in items:
@@ -311,129 +297,11 @@ def _triage(items: list[Item], known: dict[str, str], lines: list[tuple[str, str
                 summary.already_indexed += 1
         elif it.reason is not None:
             lines.append((it.uri, it.reason))
-            reasons[_reason_class(it.reason)] += 1
+            reasons[reason_class(it.reason)] += 1
         else:
             known[cast(str, it.sha256)] = it.uri  # an item without a reason was read and hashed
             rows.append(j)
+            ids.append(it.id)
             for key, v in (("uri", it.uri), ("sha256", it.sha256), ("width", it.width), ("height", it.height)):
                 meta[key].append(v)
-    return rows, meta
-
-
-def _open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any,
-                    source: Any) -> tuple[Any, bool, str | None]:
-    """``(index, resumed, note)``: the note says why bounds beside the checkpoint were left out."""
-    from ..index import Index
-
-    if (out / MANIFEST_NAME).exists():
-        ix = Index.open(out, writable=True)
-        try:
-            check_model(ix.manifest.producer.get("model"), encoder, str(out))
-            if preset is not None and preset != ix.manifest.preset.get("name"):
-                raise InvalidInputError(f"{out} was built with preset {ix.manifest.preset.get('name')}; "
-                                        f"a resumed run keeps it (drop --preset)")
-        except BaseException:
-            ix.close()
-            raise
-        return ix, True, None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise IndexExistsError(f"{out} exists and is neither an index nor an empty folder")
-    b, note = bounds, None
-    found = getattr(encoder, "bounds", None)
-    if b is None and found is not None:
-        if found.can_classify("image"):
-            b = found
-        else:  # a minimal file (S and V up_95) serves the hysac redirect at search time, not row labels
-            note = (f"{found.source}: not stored with the rows, it cannot label images (it needs V and G); "
-                    f"pass it at search time (--bounds) for the hysac redirect")
-    ix = Index.create(out, dim=encoder.dim, curv=encoder.curv, preset=preset, geometry=encoder.geometry,
-                      modality="image", bounds=b,
-                      producer={"model": encoder.describe(), "source": str(source), "vectors": "images"})
-    return ix, False, note
-
-
-def check_model(recorded: dict[str, Any] | None, encoder: Encoder, where: str) -> None:
-    """A :class:`ModelMismatchError` unless ``encoder`` is the model ``recorded`` in an index's manifest."""
-    if not recorded:
-        raise ModelMismatchError(f"{where} records no model (it was built from precomputed vectors); "
-                                 f"search it with --vectors")
-    mine = encoder.describe()
-    for key in ("kind", "geometry", "dim"):
-        if recorded.get(key) != mine.get(key):
-            raise ModelMismatchError(f"model mismatch: {where} was built with {key} {recorded.get(key)!r}, "
-                                     f"the model given has {mine.get(key)!r}")
-    if _arch_config(recorded.get("arch")) != _arch_config(mine["arch"]):
-        raise ModelMismatchError(f"model mismatch: {where} was built with architecture "
-                                 f"{_arch_name(recorded.get('arch'))}, the model given is "
-                                 f"{_arch_name(mine['arch'])} with another config")
-    if abs(float(recorded.get("curv", 0.0)) - mine["curv"]) > 1e-6 * mine["curv"]:
-        raise ModelMismatchError(f"model mismatch: {where} has curvature {recorded.get('curv')}, the model "
-                                 f"given {mine['curv']}")
-    if recorded.get("file_sha256") != mine["file_sha256"]:
-        raise ModelMismatchError(f"model mismatch: {where} was built with checkpoint {recorded.get('checkpoint')} "
-                                 f"(sha256 {str(recorded.get('file_sha256'))[:12]}), not {mine['checkpoint']} "
-                                 f"(sha256 {mine['file_sha256'][:12]})")
-
-
-def _arch_config(arch: Any) -> dict[str, Any] | None:
-    """An architecture's config without its name (two names for one config are the same model)."""
-    if arch is None:
-        return None
-    cfg = dict(model_config(arch)[1])
-    cfg.pop("name", None)
-    return cfg
-
-
-def _arch_name(arch: Any) -> str:
-    return str(arch.get("name", "custom")) if isinstance(arch, dict) else str(arch)
-
-
-def _indexed_hashes(ix: Any) -> dict[str, str]:
-    """sha256 -> uri of the live rows of an index (empty for a new one)."""
-    if not len(ix) or "sha256" not in ix.manifest.metadata_columns:
-        return {}
-    t = ix.get(ix.ids(), columns=["sha256", "uri"])
-    return dict(zip(t.column("sha256").to_pylist(), t.column("uri").to_pylist()))
-
-
-def _meta_table(meta: dict[str, list[Any]]) -> Any:
-    import pyarrow as pa
-
-    return pa.table({
-        "uri": pa.array(meta["uri"], pa.string()),
-        "sha256": pa.array(meta["sha256"], pa.string()),
-        "width": pa.array(meta["width"], pa.int32()),
-        "height": pa.array(meta["height"], pa.int32()),
-    })
-
-
-def _reason_class(reason: str) -> str:
-    return reason.split(":", 1)[0].split(" (", 1)[0]
-
-
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-
-
-class _Report:
-    """A JSON-lines file of ``{"uri", "reason"}``, created on the first line."""
-
-    def __init__(self, path: Path):
-        self.path, self.lines = path, 0
-        self._f: TextIO | None = None
-
-    def write(self, uri: str, reason: str) -> None:
-        if self._f is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")
-        self._f.write(json.dumps({"uri": uri, "reason": reason}) + "\n")
-        self.lines += 1
-
-    def flush(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+    return rows, ids, meta

@@ -44,6 +44,7 @@ class IndexBase:
         self._pending: list[tuple[np.ndarray, np.ndarray, pa.Table | None]] = []
         self._pending_bytes = 0
         self._pending_files: list[FileEntry] = []
+        self._spared: tuple[str, ...] = ()  # shard name prefixes workers are writing (see spare_shards)
         self._pending_ids: list[np.ndarray] = []
         self._pending_deletes = np.zeros(0, dtype=np.int64)  # global rows of the snapshot, sorted
         self._manifest_changes: dict[str, Any] = {}  # e.g. the dedup record, for the next commit

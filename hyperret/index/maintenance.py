@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from ..errors import InvalidInputError
 from ..safety.bounds import Bounds
 from ..search.recall import Calibration
 from ..search.segments import Segments
+from ..storage.shards import SHARD_DIR
 from ..storage.shardset import ShardSet
 from ..storage.snapshot import Snapshot
 from ..storage.versions import commit_manifest, list_versions, read_latest, remove_versions
@@ -190,6 +192,17 @@ class Maintains(Searches):
         return {"versions": gone, "files": files, "bytes": freed}
 
     # ----------------------------------------------------------- compaction
+    @contextmanager
+    def spare_shards(self, tag: str) -> Iterator[None]:
+        """While the block runs, garbage collection spares ``shards/{tag}*``: workers writing them for
+        :meth:`adopt_shards` while this writer commits. What is never adopted goes after the block."""
+        prefix = f"{SHARD_DIR}/{tag}"
+        self._spared = (*self._spared, prefix)
+        try:
+            yield
+        finally:
+            self._spared = tuple(p for p in self._spared if p != prefix)
+
     def compact(self, progress: Progress | None = None) -> dict[str, Any]:
         """Rewrite the shards without deleted rows, merge small shards and the segments into one; commit.
 

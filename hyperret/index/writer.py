@@ -401,7 +401,7 @@ class Writes(IndexBase):
             d = own_dir(self.path, sub)  # never a symlink: garbage is collected inside the index only
             if d.is_dir():
                 for f in d.iterdir():
-                    if f"{sub}/{f.name}" not in keep:
+                    if f"{sub}/{f.name}" not in keep and not f"{sub}/{f.name}".startswith(self._spared):
                         size = f.lstat().st_size
                         f.unlink(missing_ok=True)  # a symlink entry: the link goes, not its target
                         files, freed = files + 1, freed + size

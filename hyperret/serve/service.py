@@ -125,7 +125,7 @@ class Service:
         with self._lock:
             if self._encoder is None:
                 from ..embed.encoder import load_encoder
-                from ..embed.indexer import check_model
+                from ..embed.runs import check_model
 
                 recorded = ix.manifest.producer.get("model")
                 spec = self.model or (recorded or {}).get("checkpoint")
