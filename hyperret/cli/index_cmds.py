@@ -51,9 +51,19 @@ def index_cmd(
     modality: str | None = typer.Option(None, "--modality", help="image, text or mixed (default: from the "
                                            "source's 'modality' column, else image)."),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="Rows read per batch."),
-    ray: bool = typer.Option(False, "--ray", help="Embedding tables: Ray workers read the parts and write the "
-                             "shards (local Ray; the ray extra); one commit at the end."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray (the ray extra; local Ray unless --ray-address). "
+                             "Tables: workers read the parts and write the shards, one commit at the end. "
+                             "Images: decoder and embedder actors (one GPU each with --device cuda) write "
+                             "shards; the driver commits every --commit-every images."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="A Ray cluster for --ray."),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1, help="Images on Ray: embedder actors "
+                                             "(default: the cluster's GPUs with --device cuda, else 1)."),
+    ray_actor_cpus: float = typer.Option(1.0, "--ray-actor-cpus", min=0.0, help="Images on Ray: CPUs (torch "
+                                         "threads) per embedder actor."),
+    ray_decoders: int | None = typer.Option(None, "--ray-decoders", min=1, help="Images on Ray: at most this "
+                                               "many decoder actors (default: the CPUs the embedders leave)."),
+    shard_rows: int = typer.Option(1024, "--shard-rows", min=1, help="Images on Ray: files per embedder call, "
+                                   "written as one shard."),
     geometry: str | None = typer.Option(None, "--geometry", help="lorentz (HySAC space components) or cosine "
                                            "(Euclidean CLIP vectors, ranked by cosine similarity). Default: what "
                                            "the source records; clip-retrieval folders are cosine."),
@@ -66,16 +76,18 @@ def index_cmd(
     if model is not None or (source.is_dir() and not is_embedding_folder(source)):
         if model is None:
             fail(f"{source} is a folder: indexing images needs --model (a HySAC or open_clip checkpoint)")
-        if ray or ray_address is not None:
-            fail("--ray indexes embedding tables; images on Ray are not built yet")
+        if ray_address is not None and not ray:
+            fail("--ray-address goes with --ray")
         if append or curv is not None or modality is not None or geometry is not None:
             fail("--append, --curv, --modality and --geometry are for precomputed embeddings; an image run "
                  "resumes by itself")
+        on_ray = {"ray_address": ray_address, "actors": ray_actors, "actor_cpus": ray_actor_cpus,
+                  "decoders": ray_decoders, "shard_rows": shard_rows} if ray else None
         summary = index_images_cmd(source, out, model=model, arch=arch, device=device, batch_size=batch_size,
                                    workers=workers, precision=precision, commit_every=commit_every,
                                    commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
                                    preset=preset, bounds=bounds, quiet=quiet or as_json, compact=compact,
-                                   background_commits=background_commits)
+                                   background_commits=background_commits, ray=on_ray)
         if as_json:
             dump(summary)
         else:
@@ -94,14 +106,12 @@ def index_cmd(
 def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, device: str, batch_size: int,
                      workers: int | None, precision: str, commit_every: int, commit_seconds: float,
                      max_pixels: int, report: Path | None, preset: str | None, bounds: Path | None,
-                     quiet: bool, compact: bool = True, background_commits: bool = True) -> dict[str, Any]:
-    """Embed the images under ``source`` into the index at ``out`` (created, or resumed)."""
-    from ..embed.encoder import load_encoder
-    from ..embed.indexer import index_images
+                     quiet: bool, compact: bool = True, background_commits: bool = True,
+                     ray: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Embed the images under ``source`` into the index at ``out`` (created, or resumed); on Ray with ``ray``."""
     from ..safety.bounds import Bounds
 
     b = Bounds.load(bounds) if bounds is not None else None
-    enc = load_encoder(model, parse_arch(arch), device, precision=precision)
     bars = progress_bars(quiet, unit="images")
     task = bars.add_task("embedding images", total=None, start=False)
 
@@ -110,11 +120,23 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
         bars.start()
         bars.start_task(task)
 
+    common: dict[str, Any] = {
+        "preset": preset, "bounds": b, "batch_size": batch_size, "commit_every": commit_every,
+        "commit_seconds": commit_seconds, "max_pixels": max_pixels, "report": report, "on_start": started,
+        "progress": lambda n: bars.update(task, advance=n), "compact": compact}
     try:
-        summary = index_images(source, out, enc, preset=preset, bounds=b, batch_size=batch_size, workers=workers,
-                               commit_every=commit_every, commit_seconds=commit_seconds, max_pixels=max_pixels,
-                               report=report, on_start=started, progress=lambda n: bars.update(task, advance=n),
-                               compact=compact, background_commits=background_commits)
+        if ray is not None:
+            from ..distributed.images import ModelSpec, index_images_on_ray
+
+            spec = ModelSpec(model, parse_arch(arch), device, precision)
+            summary = index_images_on_ray(source, out, spec, **common, **ray)
+        else:
+            from ..embed.encoder import load_encoder
+            from ..embed.indexer import index_images
+
+            enc = load_encoder(model, parse_arch(arch), device, precision=precision)
+            summary = index_images(source, out, enc, workers=workers, background_commits=background_commits,
+                                   **common)
     finally:
         bars.stop()
     return summary.to_dict()

@@ -18,7 +18,12 @@ def get(refs: Any, where: str = "") -> Any:
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, HyperretError):
-            raise type(cause)(f"{where}{cause}" if where else str(cause)) from None
-        raise
+        raise unwrap(e, where) from None
+
+
+def unwrap(e: BaseException, where: str = "") -> BaseException:
+    """The :class:`~hyperret.errors.HyperretError` a Ray task raised (as one line), else ``e`` itself."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, HyperretError):
+        return type(cause)(f"{where}{cause}" if where else str(cause))
+    return e

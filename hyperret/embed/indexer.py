@@ -45,7 +45,7 @@ from .runs import (
     stamp,
 )
 
-__all__ = ["ALREADY", "REPORTS_DIR", "RunSummary", "check_model", "index_images"]
+__all__ = ["ALREADY", "REPORTS_DIR", "Item", "RunSummary", "check_model", "index_images", "prepare_file"]
 
 Progress = Callable[[int], None]  # called with the number of files just handled
 
@@ -80,21 +80,27 @@ class _Files:
         return len(self.files)
 
     def __getitem__(self, i: int) -> Item:
-        path = self.files[i]
-        item = Item(uri=str(path), id=self.first_id + i)
-        try:
-            data, item.sha256 = read_file(path)
-            if item.sha256 in self.known:
-                item.reason = ALREADY
-                return item
-            d = decode(data, max_pixels=self.max_pixels, draft=self.draft)
-            item.width, item.height = d.width, d.height
-            item.pixels = self.transform(d.image)
-        except ImageSkipped as e:
-            item.reason = str(e)
-        except Exception as e:  # a decoder bug on one odd file must not end the run
-            item.reason = f"cannot decode: {type(e).__name__}: {e}"
-        return item
+        return prepare_file(self.files[i], self.first_id + i, self.known, self.transform, self.draft,
+                            self.max_pixels)
+
+
+def prepare_file(path: Path | str, row_id: int, known: frozenset[str], transform: Any, draft: int,
+                 max_pixels: int) -> Item:
+    """Read, hash, decode and transform one file (a worker's job); an :class:`Item` with a reason if skipped."""
+    item = Item(uri=str(path), id=row_id)
+    try:
+        data, item.sha256 = read_file(path)
+        if item.sha256 in known:
+            item.reason = ALREADY
+            return item
+        d = decode(data, max_pixels=max_pixels, draft=draft)
+        item.width, item.height = d.width, d.height
+        item.pixels = transform(d.image)
+    except ImageSkipped as e:
+        item.reason = str(e)
+    except Exception as e:  # a decoder bug on one odd file must not end the run
+        item.reason = f"cannot decode: {type(e).__name__}: {e}"
+    return item
 
 
 def _collate(items: list[Item]) -> tuple[list[Item], Any]:
