@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -209,3 +211,66 @@ def test_a_driver_gone_before_its_commit_leaves_the_previous_version(parts, tmp_
     with hyperret.Index.open(tmp_path / "ix", writable=True) as again:  # the next writer collects the orphans
         assert again.version == 1
     assert len(set((tmp_path / "ix" / "shards").iterdir())) < len(shards)
+
+
+def test_a_parts_file_opens_the_parts_as_one_index(parts, tmp_path):
+    from hyperret.distributed.sharded import read_parts_file, write_parts_file
+
+    root, _, pts = parts
+    f = write_parts_file(root / "collection.json", [f"part{j}" for j in range(3)])  # relative to the file
+    assert read_parts_file(f) == [root / f"part{j}" for j in range(3)]
+    sh = ShardedIndex.open(f)
+    whole = hyperret.Index.open(root / "whole")
+    q = make_queries(pts, 6, seed=8)
+    got, want = sh.search(q, 7, policy="filter", recall=1.0), whole.search(q, 7, policy="filter", recall=1.0)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    info = sh.info()
+    assert info["rows"] == len(whole) == len(sh) and len(info["parts"]) == 3 and info["path"] == str(f)
+    assert got.snapshot.manifest.version == sh.version == 3  # each part at its version 1
+    c, cw = sh.classify(pts.space[:20]), whole.classify(pts.space[:20])
+    np.testing.assert_array_equal(c.unsafe, cw.unsafe)
+    with pytest.raises(InvalidInputError, match="across the parts"):
+        sh.search(q, 5, dedup=True)
+    sh.close()
+    for text, why in [("{not json", "not JSON"), ('{"format": "hyperret-parts", "parts": []}', "not a parts file"),
+                      ('["part0"]', "not a parts file")]:
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(InvalidInputError, match=why):
+            ShardedIndex.open(tmp_path / "bad.json")
+
+
+def test_serve_and_search_a_parts_file(parts, tmp_path):
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from hyperret.cli import app
+    from hyperret.distributed.sharded import write_parts_file
+    from hyperret.serve import Service, create_app
+
+    root, _, pts = parts
+    f = write_parts_file(tmp_path / "collection.json", [root / f"part{j}" for j in range(3)])
+    whole = hyperret.Index.open(root / "whole")
+    q = make_queries(pts, 3, seed=11)
+    want = whole.search(q, 5, policy="redirect", recall=1.0)
+    service = Service([f, root / "whole"], default_policy="redirect")
+    with TestClient(create_app(service)) as client:
+        listed = {i["name"]: i for i in client.get("/indexes").json()["indexes"]}
+        assert listed["collection"]["rows"] == listed["whole"]["rows"] == len(whole)
+        r = client.post("/search", json={"index": "collection", "vectors": q.tolist(), "k": 5})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [[h["id"] for h in res["hits"]] for res in body["results"]] == want.ids.tolist()
+        assert body["version"] == 3 and [res["plan"]["action"] for res in body["results"]] == \
+            [p.action for p in want.plans]
+        r = client.post("/classify", json={"index": "collection", "vectors": q.tolist()})
+        assert r.status_code == 200 and len(r.json()["unsafe"]) == 3
+        r = client.post("/search", json={"index": "collection", "vectors": q.tolist(), "dedup": True})
+        assert r.status_code == 400 and "across the parts" in r.json()["error"]
+        assert client.get("/indexes/collection").json()["sharded"] is True
+    np.save(tmp_path / "q.npy", q)
+    res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "-k", "5",
+                                   "--policy", "redirect", "--recall", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [[h["id"] for h in json.loads(line)["hits"]] for line in res.output.splitlines()] == want.ids.tolist()
+    res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "--dedup"])
+    assert res.exit_code != 0 and "parts file" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,7 +15,7 @@ from .render import dump, print_hits
 @app.command("search")
 @handle_errors
 def search_cmd(
-    index: Path = typer.Argument(..., help="Index directory."),
+    index: Path = typer.Argument(..., help="Index directory, or a parts file (its parts searched on Ray)."),
     texts: list[str] | None = typer.Argument(None, help="Text queries (embedded with the index's model)."),
     images: list[Path] | None = typer.Option(None, "--image", help="Image query (repeatable)."),
     vectors: Path | None = typer.Option(None, "--vectors", help=".npy file of query space components, "
@@ -52,6 +53,8 @@ def search_cmd(
     where: str | None = typer.Option(None, "--where", help="Metadata predicate, e.g. \"width > 500 and not "
                                         "unsafe_label\" (grammar: hyperret.search.predicates)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per query, one per line."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="A parts file's Ray cluster (default: "
+                                              "a local Ray)."),
 ) -> None:
     """Search an index by text, image or query vectors, under a safety policy."""
     from ..index import Index
@@ -63,16 +66,26 @@ def search_cmd(
         fail("--vectors cannot be combined with text or --image queries")
     if modality is not None and vectors is None:
         fail("--modality is for --vectors; text and image queries know theirs")
-    ix = Index.open(index, device=device, device_storage=device_storage)
+    if index.is_file():  # a parts file
+        from ..distributed import ShardedIndex
+
+        if bounds is not None or dedup or dedup_radius is not None:
+            fail("--bounds and --dedup search one index: a parts file's parts use the bounds they share")
+        ix: Any = ShardedIndex.open(index, ray_address, device=device)
+    else:
+        if ray_address is not None:
+            fail("--ray-address is for a parts file")
+        ix = Index.open(index, device=device, device_storage=device_storage)
     if vectors is not None:
         q, mods = load_vectors(vectors), listed(modality or "text")
     else:
         q, mods = embed_queries(ix, texts, images, model=model, arch=arch, device=device)
+    extra: dict[str, Any] = {} if bounds is None else {"bounds": bounds}
     res = ix.search(q, k=k, candidates=candidates, policy=listed(policy), modality=mods,
-                    redirect_mode=redirect_mode, bounds=bounds, allow_unsafe=allow_unsafe,
+                    redirect_mode=redirect_mode, allow_unsafe=allow_unsafe,
                     target=target_value(target), recall=recall, ef=ef, nprobe=nprobe, where=where,
                     dedup=(dedup_radius if dedup_radius is not None else True) if dedup or dedup_radius is not None
-                    else False)
+                    else False, **extra)
     cols = [c.strip() for c in columns.split(",")] if columns else None
     hits = res.to_list(cols)
     labels = [f"text: {t}" for t in texts] + [f"image: {p}" for p in images]

@@ -14,7 +14,8 @@ from .app import app, fail, handle_errors
 @app.command("serve")
 @handle_errors
 def serve_cmd(
-    indexes: list[Path] = typer.Argument(..., help="Index directories to serve (each by its folder name)."),
+    indexes: list[Path] = typer.Argument(..., help="Index directories to serve (each by its folder name), or "
+                                         "parts files (one index over its parts on Ray, named by the file)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port."),
     model: str | None = typer.Option(None, "--model", "-m", help="Checkpoint for text and image queries "
@@ -31,6 +32,8 @@ def serve_cmd(
     max_body: int = typer.Option(8 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
     search_slots: int = typer.Option(1, "--search-slots", min=1, max=256, help="Searches run at once per "
                                      "process (each uses every core; more only contend on a small machine)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="The Ray cluster serving parts files' "
+                                              "parts (default: a local Ray)."),
 ) -> None:
     """Serve indexes over HTTP: JSON search and classify, a web page at /, OpenAPI at /docs, /metrics."""
     try:
@@ -41,14 +44,17 @@ def serve_cmd(
     from .inputs import parse_arch
 
     paths: list[str | Path] = [str(p) for p in indexes]
-    cfg = {"paths": paths, "model": model, "arch": parse_arch(arch), "device": device, "default_policy": default_policy,
+    if workers > 1 and ray_address is None and any(p.is_file() for p in indexes):
+        fail("a parts file with --workers > 1 needs --ray-address (a Ray cluster every server process joins)")
+    cfg = {"paths": paths, "ray_address": ray_address,
+           "model": model, "arch": parse_arch(arch), "device": device, "default_policy": default_policy,
            "api_key_file": str(api_key_file) if api_key_file else None,
            "limits": {"max_k": max_k, "timeout_seconds": timeout, "max_body_bytes": max_body,
                       "search_slots": search_slots}}
     keys = APIKeys.load(api_key_file) if api_key_file else None
     service = Service(paths, model=model, arch=cfg["arch"], device=device, keys=keys, default_policy=default_policy,
                       limits=Limits(max_k=max_k, timeout_seconds=timeout, max_body_bytes=max_body,
-                                  search_slots=search_slots))
+                                  search_slots=search_slots), ray_address=ray_address)
     typer.echo(f"serving {', '.join(service.indexes)} on http://{host}:{port} (page /, API docs /docs)", err=True)
     if workers == 1:
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

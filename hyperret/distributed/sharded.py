@@ -9,12 +9,19 @@ distances and metadata; the driver keeps the ``k`` best of all parts by (distanc
 id). A filtered query is filled by every part from its own safe rows, so the merge
 is exact whenever each part's search is (``recall=1.0``, or the ``exact`` preset).
 Parts must share dimension, curvature, geometry, modality and bounds.
+
+The parts can be named in a *parts file* (``{"format": "hyperret-parts", "parts":
+["part0", "/data/part1"]}``; relative paths from the file's folder), which
+``hyperret serve`` serves as one index named by the file. Search results collapse
+near-duplicates per part only, so ``dedup`` is refused (run ``hyperret dedup`` on
+the parts instead).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +29,12 @@ import numpy as np
 
 from .. import validate
 from ..errors import InvalidInputError
-from ..safety.bounds import Bounds
+from ..safety.bounds import Bounds, as_bounds
+from ..safety.classify import Classification, classify
 from ..safety.planner import make_plan
 from ..safety.traversal import HYSAC_ALPHA
 from ..search.result import SearchResult
+from ..storage.manifest import Manifest
 from ..storage.versions import read_latest
 from . import remote
 
@@ -52,11 +61,76 @@ class PartServer:
                 "version": res.snapshot.manifest.version}
 
 
+PARTS_FORMAT = "hyperret-parts"
+MAX_PARTS_FILE = 1 << 20  # bytes
+
+
+def read_parts_file(path: str | Path) -> list[Path]:
+    """The part directories a parts file names (relative ones from its folder); a clear error for a bad file."""
+    f = Path(path)
+    try:
+        raw = f.read_bytes()[: MAX_PARTS_FILE + 1]
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {f}: {e.strerror or e}") from None
+    if len(raw) > MAX_PARTS_FILE:
+        raise InvalidInputError(f"{f}: a parts file is at most {MAX_PARTS_FILE} bytes")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInputError(f"{f} is not a parts file (not JSON)") from None
+    parts = doc.get("parts") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("format") != PARTS_FORMAT or not isinstance(parts, list) \
+            or not parts or not all(isinstance(p, str) and p for p in parts):
+        raise InvalidInputError(f'{f} is not a parts file ({{"format": "{PARTS_FORMAT}", "parts": [DIR, ...]}})')
+    return [(f.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts]
+
+
+def write_parts_file(path: str | Path, parts: Sequence[str | Path]) -> Path:
+    """Write a parts file naming ``parts`` (kept as given: relative ones are from the file's folder)."""
+    f = Path(path)
+    f.write_text(json.dumps({"format": PARTS_FORMAT, "parts": [str(p) for p in parts]}, indent=1) + "\n")
+    return f
+
+
+@dataclass(frozen=True)
+class PartsManifest:
+    """What a sharded index reports as its manifest: the parts' common fields and their sums.
+
+    ``version`` is the sum of the parts' versions: it grows whenever a part commits.
+    """
+
+    version: int
+    rows: int
+    deleted_rows: int
+    dim: int
+    curv: float
+    geometry: str
+    modality: str
+    bounds: dict[str, Any] | None
+    metadata_columns: dict[str, str]
+    producer: dict[str, Any]
+    parts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, paths: list[Path], manifests: list[Manifest]) -> PartsManifest:
+        first = manifests[0]
+        cols: dict[str, str] = {}
+        for m in manifests:
+            cols.update(m.metadata_columns)
+        return cls(version=sum(m.version for m in manifests), rows=sum(m.rows for m in manifests),
+                   deleted_rows=sum(m.deleted_rows for m in manifests), dim=first.dim, curv=first.curv,
+                   geometry=first.geometry, modality=first.modality, bounds=first.bounds, metadata_columns=cols,
+                   producer=dict(first.producer),
+                   parts=[{"path": str(p), "version": m.version, "rows": m.rows - m.deleted_rows}
+                          for p, m in zip(paths, manifests)])
+
+
 @dataclass(frozen=True)
 class MergedHits:
     """Metadata of a merged result's hits, addressed by the positions ``SearchResult.rows`` holds."""
 
     meta: list[dict[str, Any]]
+    manifest: PartsManifest | None = None
 
     def metadata_rows(self, rows: np.ndarray, columns: list[str] | None = None) -> list[dict[str, Any]]:
         return [({} if r < 0 else {c: v for c, v in self.meta[r].items() if columns is None or c in columns})
@@ -93,16 +167,28 @@ def merge(parts: list[dict[str, Any]], m: int, k: int) -> tuple[np.ndarray, np.n
 class ShardedIndex:
     """Parts of one collection searched as one index (see the module docstring)."""
 
-    def __init__(self, paths: list[Path], actors: list[Any], manifest: Any, bounds: Bounds | None):
+    def __init__(self, paths: list[Path], actors: list[Any], manifest: PartsManifest, bounds: Bounds | None,
+                 path: Path | None = None):
         self.paths, self.actors, self._manifest, self.bounds = paths, actors, manifest, bounds
+        self.path = path if path is not None else paths[0]  # the parts file, if the parts came from one
 
     @classmethod
-    def open(cls, parts: Sequence[str | Path], ray_address: str | None = None, *, device: str = "cpu",
-             actor_cpus: float = 0.0) -> ShardedIndex:
-        """Open every part on its own Ray actor (``ray_address``: a cluster; None: local Ray)."""
+    def open(cls, parts: str | Path | Sequence[str | Path], ray_address: str | None = None, *,
+             device: str = "cpu", actor_cpus: float = 0.0, gpus_per_part: float = 1.0) -> ShardedIndex:
+        """Open every part on its own Ray actor (``ray_address``: a cluster; None: local Ray).
+
+        ``parts``: the part directories, or a parts file naming them. With ``device="cuda"``
+        each actor asks Ray for ``gpus_per_part`` GPUs and keeps its part's rows there.
+        """
         import ray
 
-        paths = [Path(p) for p in parts]
+        source = None
+        if isinstance(parts, (str, Path)):
+            source = Path(parts)
+            paths = read_parts_file(source) if source.is_file() else [source]
+            source = source if source.is_file() else None
+        else:
+            paths = [Path(p) for p in parts]
         if not paths:
             raise InvalidInputError("a sharded index needs at least one part")
         manifests = [read_latest(p) for p in paths]
@@ -114,10 +200,11 @@ class ShardedIndex:
                                             f"{getattr(first, key)!r}: parts must agree")
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
-        remote = ray.remote(num_cpus=actor_cpus)(PartServer)
-        actors = [remote.remote(str(p.resolve()), device) for p in paths]
+        gpus = gpus_per_part if device.startswith("cuda") else 0
+        remote = ray.remote(num_cpus=actor_cpus, num_gpus=gpus)(PartServer)
+        actors = [remote.remote(str(p.resolve()), "cuda" if gpus else device) for p in paths]
         bounds = Bounds.from_dict(first.bounds) if first.bounds is not None else None
-        return cls(paths, actors, first, bounds)
+        return cls(paths, actors, PartsManifest.of(paths, manifests), bounds, source)
 
     @property
     def dim(self) -> int:
@@ -127,11 +214,49 @@ class ShardedIndex:
     def curv(self) -> float:
         return float(self._manifest.curv)
 
+    @property
+    def manifest(self) -> PartsManifest:
+        return self._manifest
+
+    @property
+    def version(self) -> int:
+        return self._manifest.version
+
+    def __len__(self) -> int:
+        return self._manifest.rows - self._manifest.deleted_rows
+
+    def refresh(self) -> int:
+        """Read the parts' latest manifests (their actors refresh on every search); returns :attr:`version`."""
+        self._manifest = PartsManifest.of(self.paths, [read_latest(p) for p in self.paths])
+        return self.version
+
+    def info(self) -> dict[str, Any]:
+        """A summary: the parts' common fields, their sums, and each part's path, version and rows."""
+        m = self._manifest
+        return {"path": str(self.path), "sharded": True, "parts": m.parts, "version": m.version, "rows": m.rows,
+                "deleted_rows": m.deleted_rows, "dim": m.dim, "curv": m.curv, "geometry": m.geometry,
+                "modality": m.modality, "metadata_columns": dict(m.metadata_columns),
+                "bounds": self.bounds.to_dict() if self.bounds is not None else None,
+                "producer": dict(m.producer)}
+
+    def classify(self, vectors: Any, modality: str | Sequence[str] = "image",
+                 bounds: Bounds | dict[str, Any] | str | Path | None = None) -> Classification:
+        """As :meth:`hyperret.Index.classify` (the parts share their bounds; nothing goes to the actors)."""
+        x = validate.vectors(vectors, self.dim)
+        b = as_bounds(bounds) or self.bounds
+        if b is None:
+            raise InvalidInputError("no safety bounds: the parts were built without bounds (pass bounds=)")
+        return classify(x, b, self.curv, modality)
+
     def search(self, queries: Any, k: int = 10, *, policy: str | Sequence[str] = "off",
                modality: str | Sequence[str] = "text", redirect_mode: str = "geodesic", allow_unsafe: bool = False,
                alpha: float = HYSAC_ALPHA, target: str | float | None = None, recall: float | None = None,
-               ef: int | None = None, where: str | None = None, columns: list[str] | None = None) -> SearchResult:
+               ef: int | None = None, nprobe: int | None = None, candidates: int | None = None,
+               where: str | None = None, columns: list[str] | None = None, dedup: bool | float = False) -> SearchResult:
         """As :meth:`hyperret.Index.search`, over every part: planned once, merged exactly by (distance, id)."""
+        if dedup is not False and dedup is not None:
+            raise InvalidInputError("dedup= collapses near-duplicates within one index, not across the parts of a "
+                                    "sharded one: run hyperret dedup on the parts (--ray) instead")
 
         q = validate.vectors(queries, self.dim, what="query vectors")
         if self._manifest.geometry == "lorentz":
@@ -146,7 +271,8 @@ class ShardedIndex:
         filtered = set(plan.filtered.tolist())
         pols = ["filter" if i in filtered else "off" for i in todo]
         mods = [plan.plans[i].modality for i in todo]
-        options = {"recall": recall, "ef": ef, "where": where, "columns": columns}
+        options = {"recall": recall, "ef": ef, "nprobe": nprobe, "candidates": candidates, "where": where,
+                   "columns": columns}
         ids = np.full((m, k), -1, np.int64)
         dist = np.full((m, k), np.inf, np.float32)
         unsafe = np.zeros((m, k), bool)
@@ -166,8 +292,17 @@ class ShardedIndex:
         for p, r in zip(plan.plans, ids):
             p.returned = int(np.count_nonzero(r >= 0))
         rows = np.where(ids >= 0, np.arange(m * k).reshape(m, k), -1)
-        return SearchResult(ids=ids, distances=dist, rows=rows, exact=exact, snapshot=MergedHits(meta),  # type: ignore[arg-type]
+        if len(todo):
+            self._manifest = self._manifest_at([o["version"] for o in outs])
+        return SearchResult(ids=ids, distances=dist, rows=rows, exact=exact,
+                            snapshot=MergedHits(meta, self._manifest),  # type: ignore[arg-type]
                             unsafe=unsafe if self.bounds is not None else None, plans=plan.plans)
+
+    def _manifest_at(self, versions: list[int]) -> PartsManifest:
+        """The manifest with the versions the parts just searched (re-read when one moved on)."""
+        if versions == [p["version"] for p in self._manifest.parts]:
+            return self._manifest
+        return PartsManifest.of(self.paths, [read_latest(p) for p in self.paths])
 
     def close(self) -> None:
         """Let the actors go."""

@@ -5,7 +5,8 @@ most once per ``refresh_seconds``, one small file read), so a writer can commit
 while the server runs. The model loads on the first text or image query. Safety
 is the server's decision: a request for unsafe content (the ``outward`` policy,
 ``allow_unsafe``) needs an API key with the ``unsafe`` permission, and with no keys
-configured it is refused.
+configured it is refused. A parts file (:mod:`hyperret.distributed.sharded`) is served as
+one index over its parts, each on a Ray actor (``ray_address``: a cluster, else local Ray).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Served:
     """One index as served: its handle, default policy and the last refresh check."""
 
     name: str
-    index: Index
+    index: Any  # an Index, or a ShardedIndex (the same search, classify, info, manifest and refresh)
     default_policy: str
     checked: float = field(default=0.0)
 
@@ -63,17 +64,24 @@ class Service:
 
     def __init__(self, paths: list[str | Path], *, model: str | None = None, arch: Any = None, device: str = "cpu",
                  keys: APIKeys | None = None, default_policy: str = "off", limits: Limits = Limits(),
-                 refresh_seconds: float = 1.0):
+                 refresh_seconds: float = 1.0, ray_address: str | None = None):
         if default_policy not in POLICIES:
             raise InvalidInputError(f"unknown default policy {default_policy!r} (one of: {', '.join(POLICIES)})")
         if default_policy == "outward":
             raise InvalidInputError("the default policy cannot be outward: it retrieves unsafe content on purpose")
         self.indexes: dict[str, Served] = {}
         for p in paths:
-            name = Path(p).resolve().name
+            path = Path(p).resolve()
+            name = path.stem if path.is_file() else path.name
             if name in self.indexes:
                 raise InvalidInputError(f"two indexes are named {name!r}: serve folders with different names")
-            ix = Index.open(p, device=device if device.startswith("cuda") else "cpu")
+            ix: Any
+            if path.is_file():  # a parts file: one index over its parts, on Ray
+                from ..distributed.sharded import ShardedIndex
+
+                ix = ShardedIndex.open(path, ray_address, device=device)
+            else:
+                ix = Index.open(p, device=device if device.startswith("cuda") else "cpu")
             self.indexes[name] = Served(name, ix, default_policy, time.monotonic())
         if not self.indexes:
             raise InvalidInputError("no index to serve")
@@ -120,7 +128,7 @@ class Service:
         return key
 
     # ---------------------------------------------------------------- model
-    def encoder(self, ix: Index) -> Any:
+    def encoder(self, ix: Any) -> Any:
         """The model (loaded once, on the first text or image query), checked against the index's."""
         with self._lock:
             if self._encoder is None:
@@ -139,7 +147,7 @@ class Service:
                 self._encoder = enc
             return self._encoder
 
-    def query_vectors(self, ix: Index, vectors: Any, texts: list[str], image: bytes | None) -> tuple[Any, list[str]]:
+    def query_vectors(self, ix: Any, vectors: Any, texts: list[str], image: bytes | None) -> tuple[Any, list[str]]:
         """``(queries (m, D), modalities)`` from exactly one of vectors, texts or an image."""
         given = [x for x in (vectors is not None, bool(texts), image is not None) if x]
         if len(given) != 1:
