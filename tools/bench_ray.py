@@ -11,6 +11,13 @@
   against one local ``Index`` over all rows, exact (``recall=1.0``), batches of
   --queries and single queries.
 
+* Images (``--images N``): N generated JPEGs (``tools/bench_encode.py``'s photos) embedded
+  with a random-weight HySAC-layout checkpoint of --image-arch (``small``: 768-d, the
+  forward, not the decoding, bounds a CPU run), by the local indexer (one decoding
+  worker, the model on the main process) and by ``index_images_on_ray`` with one
+  embedder actor of --actor-cpus CPUs and the decoders the rest of ``ray.init(num_cpus=2)``
+  allows. Images/s and the model's share of each run.
+
 Each number is one run on this machine; the 1-billion-image estimate in
 docs/benchmarks.md is written from these rates and the stated model.
 """
@@ -38,8 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--data", default="/tmp/bench_ray")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--images", type=int, default=0, help="also (or, with --n 0, only) index this many images")
+    ap.add_argument("--image-arch", default="small", help="tiny or small (tools/bench_encode.py)")
+    ap.add_argument("--image-batch", type=int, default=16)
+    ap.add_argument("--actor-cpus", default="1", help="comma-separated CPUs per embedder actor to try")
     a = ap.parse_args(argv)
     import ray
+
+    if a.images:
+        res = images(Path(a.data), a.images, a.image_arch, a.image_batch, [float(x) for x in a.actor_cpus.split(",")])
+        if not a.n:
+            if a.json:
+                Path(a.json).write_text(json.dumps({"args": vars(a), "images": res}, indent=1))
+            return 0
 
     from hyperret.testing.synthetic import make_points, make_queries
 
@@ -62,6 +80,46 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
+
+
+def images(data: Path, n: int, arch_name: str, batch: int, actor_cpus: list[float]) -> list[dict[str, Any]]:
+    """Images/s of the local indexer and of the Ray pipeline (one embedder actor) on ``n`` generated JPEGs."""
+    import ray
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_encode import ARCHS, hf_checkpoint, make_images
+
+    from hyperret.distributed.images import ModelSpec, index_images_on_ray
+    from hyperret.embed.encoder import HySACEncoder
+    from hyperret.embed.indexer import index_images
+
+    folder, ckpt = data / f"images-{n}", data / f"hysac-{arch_name}.pth"
+    if len(list(folder.glob("*.jpg"))) != n:
+        make_images(folder, n)
+    if not ckpt.exists():
+        hf_checkpoint(ARCHS[arch_name], ckpt)
+    arch = ARCHS[arch_name]
+    res = []
+    out = data / "img-local"
+    shutil.rmtree(out, ignore_errors=True)
+    enc = HySACEncoder.from_checkpoint(ckpt, arch=arch)
+    s = index_images(folder, out, enc, batch_size=batch, workers=1, compact=False)
+    res.append({"mode": "local", "workers": 1, "images_per_s": s.indexed / s.seconds, "seconds": s.seconds,
+                "model_seconds": s.model_seconds})
+    print(f"images, local (1 decoding worker): {s.indexed / s.seconds:,.1f} img/s ({s.seconds:.1f} s, "
+          f"model {s.model_seconds:.1f} s)", flush=True)
+    for c in actor_cpus:
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        shutil.rmtree(out, ignore_errors=True)
+        s = index_images_on_ray(folder, out, ModelSpec(str(ckpt), arch), batch_size=batch, actor_cpus=c,
+                                compact=False)
+        res.append({"mode": "ray", "actor_cpus": c, "images_per_s": s.indexed / s.seconds, "seconds": s.seconds,
+                    "model_seconds": s.model_seconds})
+        print(f"images, ray (1 embedder of {c:g} CPUs, decoders on the rest): {s.indexed / s.seconds:,.1f} img/s "
+              f"({s.seconds:.1f} s, model {s.model_seconds:.1f} s)", flush=True)
+    ray.shutdown()
+    return res
 
 
 def tables(x: np.ndarray, folder: Path, files: int) -> Path:

@@ -1,5 +1,5 @@
 """The ``hyperret`` command line: index, search, dedup, calibrate, classify, explain, eval, report, info,
-presets, demo, versions, verify, repair, cleanup, export, serve, key.
+presets, demo, versions, verify, repair, cleanup, export, serve, key, push, pull.
 
 Every command calls the public library; errors a user can cause print one line
 on stderr and exit with code 2. One module per command group registers its
@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (register the commands)
     safety_cmds,
     search_cmds,
     serve_cmds,
+    store_cmds,
     version_cmds,
 )
 from .app import app

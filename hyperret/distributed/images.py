@@ -230,7 +230,12 @@ def index_images_on_ray(
         if cuda and not gpus:
             raise InvalidInputError("--device cuda on Ray, but the cluster has no GPU")
         n_actors = int(actors or (gpus if cuda else 1))
-        n_decoders = int(decoders or max(1, cpus - n_actors * actor_cpus))
+        free = cpus - n_actors * actor_cpus
+        if free < 1:  # the decoders would wait forever for a CPU
+            raise InvalidInputError(f"{n_actors} embedder(s) of {actor_cpus:g} CPUs leave {max(free, 0):g} of the "
+                                    f"cluster's {cpus:g} CPUs: a decoder needs one (fewer --ray-actors or "
+                                    f"--ray-actor-cpus)")
+        n_decoders = int(decoders or free)
         known = indexed_hashes(ix)
         triage = _Triage(known, summary, rep)
         for p, why in listing.ignored:
