@@ -104,6 +104,8 @@ def test_dedup_on_ray_finds_the_local_groups(parts, tmp_path):
     assert local.summary["groups"] >= 200 and on_ray.summary["groups"] == local.summary["groups"]
     assert local.groups.sort_by("id").equals(on_ray.groups.sort_by("id"))
     assert on_ray.summary["range_pass"]["checked"] == local.summary["range_pass"]["checked"]
+    sent = on_ray.summary["ray"]  # each task's union-find forest, not its pairs, goes to the driver
+    assert 0 < sent["edges_to_driver"] <= sent["pairs_confirmed"] and sent["tasks"] >= 2
     res = CliRunner().invoke(app, ["dedup", str(tmp_path / "dups"), "--radius", "0.05", "--ray", "--out",
                                    str(tmp_path / "g.parquet"), "--json", "-q"])
     assert res.exit_code == 0, res.output
@@ -274,3 +276,19 @@ def test_serve_and_search_a_parts_file(parts, tmp_path):
     assert [[h["id"] for h in json.loads(line)["hits"]] for line in res.output.splitlines()] == want.ids.tolist()
     res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "--dedup"])
     assert res.exit_code != 0 and "parts file" in res.output
+
+
+def test_a_tasks_forest_has_the_sets_of_its_pairs():
+    from hyperret.dedup.unionfind import new_forest, roots, union_pairs
+    from hyperret.distributed.dedup import forest_edges
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 400, 900), rng.integers(0, 400, 900)
+    a = np.concatenate([a, np.full(30, 1000), np.arange(1001, 1031)])  # a clique-like group: 30 pairs, 30 edges
+    b = np.concatenate([b, np.arange(1001, 1031), np.arange(1002, 1032)])
+    ea, eb = forest_edges(a.astype(np.int64), b.astype(np.int64))
+    assert len(ea) < len(a) and (eb < ea).all()  # each row to its set's smallest row
+    want, got = new_forest(1100), new_forest(1100)
+    union_pairs(want, a.astype(np.int64), b.astype(np.int64))
+    union_pairs(got, ea, eb)
+    np.testing.assert_array_equal(roots(got), roots(want))

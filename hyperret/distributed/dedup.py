@@ -4,8 +4,11 @@ The driver trains the tangent-space cells and assigns the rows (as the local run
 does, :func:`hyperret.dedup.cells.plan_cells`); the cells go to Ray tasks in
 batches of similar size. Each task opens the same committed version of the index
 (read-only, from the path: a shared filesystem on a cluster), joins its cells
-(:func:`~hyperret.dedup.cells.join_cell`) and returns the pairs it confirmed; the
-driver unites them. The pairs are those of the local join, so the groups are too.
+(:func:`~hyperret.dedup.cells.join_cell`), unites the pairs it confirmed in a
+union-find of its own and returns that forest's edges (each row to its set's
+smallest row: fewer than the rows it touched, where a group of ``g`` near copies
+has ``g (g - 1) / 2`` pairs); the driver unites the forests. The sets are those of
+the local join's pairs, so the groups are too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from ..dedup.cells import join_cell, plan_cells
 from ..dedup.pairs import PassStats
-from ..dedup.unionfind import union_pairs
+from ..dedup.unionfind import new_forest, roots, union_pairs
 from ..storage.snapshot import Snapshot
 from ..storage.versions import read_version
 from . import remote
@@ -39,8 +42,21 @@ def _join_cells(path: str, version: int, cells: list[tuple[np.ndarray, np.ndarra
 
     for own, guests in cells:
         join_cell(snap, own, guests, radius, keep, stats)
-    return {"a": _cat(got_a), "b": _cat(got_b), "checked": stats.checked, "within": stats.within,
+    a, b = forest_edges(_cat(got_a), _cat(got_b))
+    return {"a": a, "b": b, "checked": stats.checked, "within": stats.within, "pairs": int(sum(map(len, got_a))),
             "rows": int(sum(len(o) for o, _ in cells))}
+
+
+def forest_edges(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(p,)`` x 2 -> the edges ``(row, its set's smallest row)`` of their union-find forest (same sets)."""
+    if not len(a):
+        return a, b
+    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)  # sorted: a set's root is its smallest row
+    parent = new_forest(len(nodes))
+    union_pairs(parent, inv[: len(a)].astype(np.int64), inv[len(a):].astype(np.int64))
+    root = roots(parent)
+    moved = np.flatnonzero(root != np.arange(len(nodes)))
+    return nodes[moved], nodes[root[moved]]
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -56,6 +72,8 @@ class RayCellJoin:
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
         self.tasks = 0
+        self.pairs_confirmed = 0  # pairs the tasks confirmed within the radius
+        self.pairs_received = 0  # forest edges the driver received for them
 
     def __call__(self, snap: Snapshot, rows: np.ndarray, radius: float, parent: np.ndarray, *,
                  nlist: int | None = None, progress: Any = None, stats: PassStats | None = None,
@@ -78,6 +96,8 @@ class RayCellJoin:
             stats.checked += out["checked"]
             stats.within += out["within"]
             stats.merges += union_pairs(parent, out["a"], out["b"])
+            self.pairs_received += len(out["a"])
+            self.pairs_confirmed += out["pairs"]
             if progress is not None:
                 progress(out["rows"])
         return stats

@@ -87,6 +87,9 @@ class Maintains(Searches):
                        join=join)
         result.summary["version"] = snap.manifest.version
         result.summary["applied"] = False
+        if join is not None:  # what the Ray tasks sent the driver: forest edges, not every confirmed pair
+            result.summary["ray"] = {"tasks": join.tasks, "pairs_confirmed": join.pairs_confirmed,
+                                     "edges_to_driver": join.pairs_received}
         if apply:
             self.apply_dedup(result)
         return result
