@@ -87,9 +87,12 @@ def test_images_on_ray_give_the_local_index(setup, tmp_path):
     assert s["indexed"] == 21 and s["skipped_by_reason"]["duplicate"] == 1 and s["commits"] >= 2
     assert _reasons(s) == _reasons(ws)  # the same files, for the same reasons
     assert "same content as" in _reasons(s)["p07.jpg"]  # the file listed first keeps the content
-    # the run's shards were all adopted: nothing unreferenced is left behind
-    live = {Path(e.file).name for e in got.manifest.shards}
-    assert {p.name for p in (tmp_path / "ray" / "shards").iterdir()} == live
+    # the run's shards were all adopted (no file is left that no version names), then compacted into one
+    from hyperret.storage.versions import referenced_files
+
+    named = referenced_files(tmp_path / "ray", [got.manifest])
+    assert {f"shards/{p.name}" for p in (tmp_path / "ray" / "shards").iterdir()} <= named
+    assert s["compacted"] and len(got.manifest.shards) == 1
 
     # a re-run on Ray holds everything already: no new rows, no new version
     again = index_images_on_ray(folder, tmp_path / "ray", spec, batch_size=3, shard_rows=5)
@@ -176,7 +179,10 @@ def test_images_on_ray_from_the_cli(setup, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     s = json.loads(p.stdout)
     assert s["indexed"] == 21 and s["rows"] == 21 and s["skipped"] == 4
-    bad = subprocess.run([sys.executable, "-m", "hyperret.cli", "index", str(folder), "--out", str(tmp_path / "b"),
-                          "--model", str(root / "hysac_model.pth"), "--ray-address", "ray://nowhere:1"],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "--ray-address goes with --ray" in bad.stderr and "Traceback" not in bad.stderr
+    for flags, why in [(["--ray-address", "ray://nowhere:1"], "--ray-address goes with --ray"),
+                       (["--ray", "--workers", "3"], "--workers and --sync-commits are for local runs")]:
+        bad = subprocess.run([sys.executable, "-m", "hyperret.cli", "index", str(folder), "--out",
+                              str(tmp_path / "b"), "--model", str(root / "hysac_model.pth"), *flags],
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and why in bad.stderr and "Traceback" not in bad.stderr
+        assert not (tmp_path / "b").exists()

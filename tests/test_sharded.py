@@ -292,3 +292,24 @@ def test_a_tasks_forest_has_the_sets_of_its_pairs():
     union_pairs(want, a.astype(np.int64), b.astype(np.int64))
     union_pairs(got, ea, eb)
     np.testing.assert_array_equal(roots(got), roots(want))
+
+
+def test_the_parts_command_writes_a_file_the_parts_open_from(parts, tmp_path):
+    from typer.testing import CliRunner
+
+    from hyperret.cli import app
+    from hyperret.distributed.sharded import read_parts_file
+
+    root, _, _ = parts
+    out = tmp_path / "sub" / "c.json"
+    out.parent.mkdir()
+    res = CliRunner().invoke(app, ["parts", str(out), *[str(root / f"part{j}") for j in range(3)]])
+    assert res.exit_code == 0 and "3 parts" in res.output, res.output
+    assert [p.resolve() for p in read_parts_file(out)] == [(root / f"part{j}").resolve() for j in range(3)]
+    assert not any(p.startswith("/") for p in json.loads(out.read_text())["parts"])  # relative: movable together
+    res = CliRunner().invoke(app, ["parts", str(out), str(root / "part0")])
+    assert res.exit_code == 2 and "exists" in res.output
+    with hyperret.Index.create(tmp_path / "odd", dim=DIM + 1, curv=CURV) as ix:
+        ix.commit()
+    res = CliRunner().invoke(app, ["parts", str(tmp_path / "d.json"), str(root / "part0"), str(tmp_path / "odd")])
+    assert res.exit_code == 2 and "must agree" in res.output and not (tmp_path / "d.json").exists()

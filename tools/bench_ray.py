@@ -18,6 +18,11 @@
   embedder actor of --actor-cpus CPUs and the decoders the rest of ``ray.init(num_cpus=2)``
   allows. Images/s and the model's share of each run.
 
+* Dedup (``--dedup N``): N HySAC-like rows with N/50 injected near-duplicate groups
+  over HySAC-like rows (``make_duplicates``, as ``tools/bench_dedup.py``), ``exact`` preset, radius 0.05:
+  ``Index.dedup`` locally and with ``ray=True`` on ``ray.init(num_cpus=W)`` per worker
+  count; the same groups are checked, and what the tasks sent the driver is counted.
+
 Each number is one run on this machine; the 1-billion-image estimate in
 docs/benchmarks.md is written from these rates and the stated model.
 """
@@ -49,22 +54,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-arch", default="small", help="tiny or small (tools/bench_encode.py)")
     ap.add_argument("--image-batch", type=int, default=16)
     ap.add_argument("--actor-cpus", default="1", help="comma-separated CPUs per embedder actor to try")
+    ap.add_argument("--dedup", type=int, default=0, help="also dedup this many rows locally and on Ray")
     a = ap.parse_args(argv)
     import ray
 
+    extra: dict[str, Any] = {}
+    if a.dedup:
+        extra["dedup"] = dedup(Path(a.data), a.dedup, a.dim, [int(x) for x in a.workers.split(",")])
+
     if a.images:
         res = images(Path(a.data), a.images, a.image_arch, a.image_batch, [float(x) for x in a.actor_cpus.split(",")])
-        if not a.n:
-            if a.json:
-                Path(a.json).write_text(json.dumps({"args": vars(a), "images": res}, indent=1))
-            return 0
+        extra["images"] = res
+    if not a.n:
+        if a.json:
+            Path(a.json).write_text(json.dumps({"args": vars(a), **extra}, indent=1))
+        return 0
 
     from hyperret.testing.synthetic import make_points, make_queries
 
     data = Path(a.data)
     pts = make_points(a.n, a.dim, curv=1.0, n_concepts=max(32, a.n // 1000), intrinsic_dim=32, seed=11)
     folder = tables(pts.space, data / f"tables-{a.n}-{a.dim}", a.files)
-    out: dict[str, Any] = {"args": vars(a), "indexing": [], "search": []}
+    out: dict[str, Any] = {"args": vars(a), "indexing": [], "search": [], **extra}
     local = time_build(folder, data / "local", ray_cpus=None)
     out["indexing"].append(local)
     print(f"local: {local['seconds']:.1f} s ({a.n / local['seconds']:,.0f} rows/s); commit {local['commit_s']:.1f} s",
@@ -118,6 +129,40 @@ def images(data: Path, n: int, arch_name: str, batch: int, actor_cpus: list[floa
                     "model_seconds": s.model_seconds})
         print(f"images, ray (1 embedder of {c:g} CPUs, decoders on the rest): {s.indexed / s.seconds:,.1f} img/s "
               f"({s.seconds:.1f} s, model {s.model_seconds:.1f} s)", flush=True)
+    ray.shutdown()
+    return res
+
+
+def dedup(data: Path, n: int, dim: int, workers: list[int]) -> list[dict[str, Any]]:
+    """Seconds of ``Index.dedup`` locally and on Ray per worker count, on rows with injected groups."""
+    import ray
+
+    import hyperret
+    from hyperret.testing.synthetic import make_duplicates, make_points
+
+    out = data / f"dedup-{n}-{dim}"
+    if not (out / "manifest.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        base = make_points(n, dim, seed=5).space  # HySAC-like rows, as tools/bench_dedup.py
+        ds = make_duplicates(n, dim, groups=n // 50, base=base, seed=5)
+        with hyperret.Index.create(out, dim=dim, preset="exact") as w:
+            w.add(ds.space)
+            w.commit()
+    ix = hyperret.Index.open(out)
+    res = []
+    t = time.perf_counter()
+    want = ix.dedup(radius=0.05)
+    res.append({"mode": "local", "seconds": time.perf_counter() - t, "groups": want.summary["groups"]})
+    print(f"dedup, local: {res[-1]['seconds']:.1f} s, {want.summary['groups']} groups", flush=True)
+    for w in workers:
+        ray.shutdown()
+        ray.init(num_cpus=w, include_dashboard=False, log_to_driver=False)
+        t = time.perf_counter()
+        got = ix.dedup(radius=0.05, ray=True)
+        secs = time.perf_counter() - t
+        same = bool(got.groups.sort_by("id").equals(want.groups.sort_by("id")))
+        res.append({"mode": "ray", "workers": w, "seconds": secs, "same_groups": same, **got.summary["ray"]})
+        print(f"dedup, ray {w} worker(s): {secs:.1f} s, same groups: {same}, {got.summary['ray']}", flush=True)
     ray.shutdown()
     return res
 

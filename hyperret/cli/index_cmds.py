@@ -78,6 +78,10 @@ def index_cmd(
             fail(f"{source} is a folder: indexing images needs --model (a HySAC or open_clip checkpoint)")
         if ray_address is not None and not ray:
             fail("--ray-address goes with --ray")
+        if ray and (workers is not None or not background_commits):
+            fail("--workers and --sync-commits are for local runs; on Ray, --ray-decoders and --ray-actors")
+        if not ray and (ray_actors is not None or ray_decoders is not None):
+            fail("--ray-actors and --ray-decoders go with --ray")
         if append or curv is not None or modality is not None or geometry is not None:
             fail("--append, --curv, --modality and --geometry are for precomputed embeddings; an image run "
                  "resumes by itself")

@@ -75,3 +75,25 @@ def key_cmd(
     from ..serve.keys import add_key
 
     typer.echo(add_key(file, name, ["search", "unsafe"] if unsafe else ["search"]))
+
+
+@app.command("parts")
+@handle_errors
+def parts_cmd(
+    out: Path = typer.Argument(..., help="The parts file to write (JSON)."),
+    parts: list[Path] = typer.Argument(..., help="Index directories: the parts of one collection."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+) -> None:
+    """Name indexes as the parts of one collection: hyperret search and serve take the file (on Ray)."""
+    from ..distributed.sharded import check_parts, write_parts_file
+
+    if out.exists() and not force:
+        fail(f"{out} exists (--force replaces it)")
+    if out.is_dir():
+        fail(f"{out} is a folder; the parts file is a JSON file")
+    manifests = check_parts([p if p.is_absolute() else Path.cwd() / p for p in parts])
+    base = out.resolve().parent
+    named = [os.path.relpath(p.resolve(), base) for p in parts]  # from the file's folder, as it reads them
+    write_parts_file(out, named)
+    rows = sum(m.rows for m in manifests)
+    typer.echo(f"wrote {out}: {len(parts)} parts, {rows} rows")

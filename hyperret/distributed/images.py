@@ -269,8 +269,8 @@ def index_images_on_ray(
         if triage.drop:  # rows whose content an earlier file holds: committed above, deleted now
             ix.delete(np.asarray(triage.drop, np.int64))
             ix.commit()
-        if compact and len(ix.manifest.candidates) > 1:
-            ix.compact()
+        if compact and (len(ix.manifest.candidates) > 1 or len(ix.manifest.shards) > 1):
+            ix.compact()  # the embedders' many small shards (and the commits' segments) merged
             summary.compacted = True
         rep.flush()
         summary.rows, summary.version = len(ix), ix.version

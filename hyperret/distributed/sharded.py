@@ -92,6 +92,21 @@ def write_parts_file(path: str | Path, parts: Sequence[str | Path]) -> Path:
     return f
 
 
+def check_parts(paths: Sequence[Path]) -> list[Manifest]:
+    """The parts' latest manifests; an error unless each is an index and all share dim, curv, geometry,
+    modality and bounds."""
+    if not paths:
+        raise InvalidInputError("a sharded index needs at least one part")
+    manifests = [read_latest(p) for p in paths]
+    first = manifests[0]
+    for p, m in zip(paths[1:], manifests[1:]):
+        for key in ("dim", "curv", "geometry", "modality", "bounds"):
+            if getattr(m, key) != getattr(first, key):
+                raise InvalidInputError(f"part {p} has {key} {getattr(m, key)!r}, {paths[0]} "
+                                        f"{getattr(first, key)!r}: parts must agree")
+    return manifests
+
+
 @dataclass(frozen=True)
 class PartsManifest:
     """What a sharded index reports as its manifest: the parts' common fields and their sums.
@@ -189,15 +204,8 @@ class ShardedIndex:
             source = source if source.is_file() else None
         else:
             paths = [Path(p) for p in parts]
-        if not paths:
-            raise InvalidInputError("a sharded index needs at least one part")
-        manifests = [read_latest(p) for p in paths]
+        manifests = check_parts(paths)
         first = manifests[0]
-        for p, m in zip(paths[1:], manifests[1:]):
-            for key in ("dim", "curv", "geometry", "modality", "bounds"):
-                if getattr(m, key) != getattr(first, key):
-                    raise InvalidInputError(f"part {p} has {key} {getattr(m, key)!r}, {paths[0]} "
-                                            f"{getattr(first, key)!r}: parts must agree")
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
         gpus = gpus_per_part if device.startswith("cuda") else 0
