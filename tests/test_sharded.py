@@ -313,3 +313,24 @@ def test_the_parts_command_writes_a_file_the_parts_open_from(parts, tmp_path):
         ix.commit()
     res = CliRunner().invoke(app, ["parts", str(tmp_path / "d.json"), str(root / "part0"), str(tmp_path / "odd")])
     assert res.exit_code == 2 and "must agree" in res.output and not (tmp_path / "d.json").exists()
+
+
+def test_parts_on_the_gpu_answer_as_on_the_cpu(parts):
+    """Each part's actor holds its rows on the device (Numba's CUDA simulator without a GPU)."""
+    import os
+
+    root, sh, pts = parts
+    has_gpu = float(ray.cluster_resources().get("GPU", 0)) >= 1
+    if not has_gpu:
+        assert os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"  # the actors inherit it
+        with pytest.raises(InvalidInputError, match="no GPU"):
+            ShardedIndex.open([root / "part0"], device="cuda")
+    gpu = ShardedIndex.open([root / f"part{j}" for j in range(3)], device="cuda", gpus_per_part=1 if has_gpu else 0)
+    assert [i["device"] for i in gpu.part_info()] == ["cuda:0"] * 3  # every part's rows on the device
+    assert [i["device"] for i in sh.part_info()] == ["cpu"] * 3
+    q = make_queries(pts, 3, seed=21)
+    for policy in ("redirect", "filter"):
+        got, want = gpu.search(q, 5, policy=policy), sh.search(q, 5, policy=policy, recall=1.0)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-5, atol=1e-6)
+    gpu.close()

@@ -148,26 +148,26 @@ class _Triage:
             if why == ALREADY:
                 first = self.known.get(sha)
                 if first is not None and first != uri:
-                    self._skip(uri, f"duplicate: same content as {first}")
+                    self.skip(uri, f"duplicate: same content as {first}")
                 else:
                     self.summary.already_indexed += 1
             elif why:
-                self._skip(uri, why)
+                self.skip(uri, why)
             elif sha in self.kept or sha in self.known:
                 other = self.kept.get(sha)
                 if other is None or other[1] < rid:  # an earlier file has it: this row goes
                     self.drop.append(rid)
-                    self._skip(uri, f"duplicate: same content as {other[0] if other else self.known[sha]}")
+                    self.skip(uri, f"duplicate: same content as {other[0] if other else self.known[sha]}")
                 else:  # this file comes first in the listing: it keeps the content, the other row goes
                     self.drop.append(other[1])
-                    self._skip(other[0], f"duplicate: same content as {uri}")
+                    self.skip(other[0], f"duplicate: same content as {uri}")
                     self.kept[sha] = (uri, rid)
             else:
                 self.kept[sha] = (uri, rid)
                 added += 1
         return added
 
-    def _skip(self, uri: str, why: str) -> None:
+    def skip(self, uri: str, why: str) -> None:
         self.report.write(uri, why)
         self.reasons[reason_class(why)] += 1
 
@@ -239,7 +239,7 @@ def index_images_on_ray(
         known = indexed_hashes(ix)
         triage = _Triage(known, summary, rep)
         for p, why in listing.ignored:
-            triage._skip(str(p), why)
+            triage.skip(str(p), why)
         if on_start is not None:
             on_start(len(listing.files), len(known))
         first_id = ix.manifest.next_id

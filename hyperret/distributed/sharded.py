@@ -47,6 +47,11 @@ class PartServer:
 
         self.ix = Index.open(path, device=device)
 
+    def info(self) -> dict[str, Any]:
+        """The part's :meth:`hyperret.Index.info` as its actor sees it (its device, its version)."""
+        self.ix.refresh()
+        return self.ix.info()
+
     def search(self, queries: np.ndarray, k: int, policies: list[str], modalities: list[str],
                options: dict[str, Any]) -> dict[str, Any]:
         """``(ids, distances, unsafe, hits metadata, per-query counters)`` of this part's ``k`` best."""
@@ -193,7 +198,8 @@ class ShardedIndex:
         """Open every part on its own Ray actor (``ray_address``: a cluster; None: local Ray).
 
         ``parts``: the part directories, or a parts file naming them. With ``device="cuda"``
-        each actor asks Ray for ``gpus_per_part`` GPUs and keeps its part's rows there.
+        each actor asks Ray for ``gpus_per_part`` GPUs (0: none reserved) and keeps its
+        part's rows on the device.
         """
         import ray
 
@@ -209,6 +215,9 @@ class ShardedIndex:
         if not ray.is_initialized():
             ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
         gpus = gpus_per_part if device.startswith("cuda") else 0
+        if gpus and float(ray.cluster_resources().get("GPU", 0)) < gpus:  # an actor would wait forever
+            raise InvalidInputError(f"device {device!r}: the Ray cluster has no GPU for the parts' actors "
+                                    f"(gpus_per_part=0 runs them on whatever GPU their node has)")
         remote = ray.remote(num_cpus=actor_cpus, num_gpus=gpus)(PartServer)
         actors = [remote.remote(str(p.resolve()), "cuda" if gpus else device) for p in paths]
         bounds = Bounds.from_dict(first.bounds) if first.bounds is not None else None
@@ -246,6 +255,10 @@ class ShardedIndex:
                 "modality": m.modality, "metadata_columns": dict(m.metadata_columns),
                 "bounds": self.bounds.to_dict() if self.bounds is not None else None,
                 "producer": dict(m.producer)}
+
+    def part_info(self) -> list[dict[str, Any]]:
+        """Each part's :meth:`hyperret.Index.info`, from its actor (where it searches: ``device``)."""
+        return list(remote.get([a.info.remote() for a in self.actors]))
 
     def classify(self, vectors: Any, modality: str | Sequence[str] = "image",
                  bounds: Bounds | dict[str, Any] | str | Path | None = None) -> Classification:
