@@ -307,6 +307,10 @@ def test_the_parts_command_writes_a_file_the_parts_open_from(parts, tmp_path):
     assert res.exit_code == 0 and "3 parts" in res.output, res.output
     assert [p.resolve() for p in read_parts_file(out)] == [(root / f"part{j}").resolve() for j in range(3)]
     assert not any(p.startswith("/") for p in json.loads(out.read_text())["parts"])  # relative: movable together
+    res = CliRunner().invoke(app, ["info", str(out), "--json", "--verify"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["rows"] == len(hyperret.Index.open(root / "whole")) and len(info["parts"]) == 3 and info["verified"]
     res = CliRunner().invoke(app, ["parts", str(out), str(root / "part0")])
     assert res.exit_code == 2 and "exists" in res.output
     with hyperret.Index.create(tmp_path / "odd", dim=DIM + 1, curv=CURV) as ix:

@@ -161,13 +161,30 @@ def build_with_bars(source: Path, out: Path, *, quiet: bool, **kw: Any) -> dict[
 @app.command("info")
 @handle_errors
 def info_cmd(
-    index: Path = typer.Argument(..., help="Index directory."),
+    index: Path = typer.Argument(..., help="Index directory, or a parts file (its parts, from their manifests)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     verify: bool = typer.Option(False, "--verify", help="Recompute every file's checksum."),
 ) -> None:
     """Describe an index (and optionally verify its files)."""
     from ..index import Index
 
+    if index.is_file():  # a parts file: no Ray needed to describe it
+        from dataclasses import asdict
+
+        from ..distributed.sharded import PartsManifest, check_parts, read_parts_file
+
+        paths = read_parts_file(index)
+        parts = {"path": str(index), **asdict(PartsManifest.of(paths, check_parts(paths)))}
+        if verify:
+            for p in paths:
+                Index.open(p).verify()
+            parts["verified"] = True
+        if as_json:
+            dump(parts)
+            return
+        for key, val in parts.items():
+            typer.echo(f"{key:20s} {val}")
+        return
     ix = Index.open(index)
     info = ix.info()
     if verify:
