@@ -67,10 +67,7 @@ class RayCellJoin:
     """A drop-in for :func:`hyperret.dedup.cells.cell_join` that joins the cells on Ray (local or a cluster)."""
 
     def __init__(self, ray_address: str | None = None):
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        remote.init(ray_address)
         self.tasks = 0
         self.pairs_confirmed = 0  # pairs the tasks confirmed within the radius
         self.pairs_received = 0  # forest edges the driver received for them

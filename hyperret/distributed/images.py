@@ -24,7 +24,6 @@ attempt wrote are never adopted and go as garbage.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections import Counter
@@ -41,6 +40,7 @@ from ..embed.runs import Report, indexed_hashes, meta_table, open_or_create, rea
 from ..errors import InvalidInputError
 from ..storage.manifest import FileEntry
 from ..storage.shards import write_shard
+from . import remote
 
 #: files per decoder call
 DECODE_BATCH = 32
@@ -62,11 +62,14 @@ class ModelSpec:
 class Decoder:
     """A decoder actor: files ``(uri, id)`` -> their hashes, sizes, reasons and ``(n, 3, S, S)`` uint8 pixels."""
 
-    def __init__(self, config: dict[str, Any], size: int, max_pixels: int, known: frozenset[str]):
+    def __init__(self, config: dict[str, Any], size: int, max_pixels: int, known: list[Any]):
+        import ray
+
         from ..embed.towers import split_preprocess
 
         self.transform = split_preprocess(config)[0]
-        self.size, self.draft, self.max_pixels, self.known = size, 2 * size, max_pixels, known
+        self.size, self.draft, self.max_pixels = size, 2 * size, max_pixels
+        self.known: frozenset[str] = ray.get(known[0])  # the driver's object: one copy per node, not per actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [prepare_file(u, int(i), self.known, self.transform, self.draft, self.max_pixels)
@@ -220,10 +223,8 @@ def index_images_on_ray(
                          bounds_note=note, background_commits=False)
     rep = Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{stamp()}.jsonl")
     try:
-        if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        remote.init(ray_address)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the caller's bar shows the files
         cpus = float(ray.cluster_resources().get("CPU", 1))
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cuda = model.device.startswith("cuda")
@@ -249,6 +250,7 @@ def index_images_on_ray(
             if items:
                 # Ray Data hands the driver a task's output when the task ends: blocks of a decoder batch
                 # (or a shard, when smaller) keep the commits and the progress coming
+                known_ref = ray.put(frozenset(known))  # held here for the run: restarted decoders read it again
                 per_block = min(DECODE_BATCH, shard_rows)
                 blocks = min(MAX_BLOCKS, -(-len(items) // per_block))
                 ds: Any = ray.data.from_items(items, override_num_blocks=blocks)
@@ -256,7 +258,7 @@ def index_images_on_ray(
                                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_decoders),
                                     fn_constructor_kwargs={"config": enc.config, "size": enc.image_size,
                                                            "max_pixels": max_pixels or MAX_PIXELS,
-                                                           "known": frozenset(known)})
+                                                           "known": [known_ref]})
                 ds = ds.map_batches(Embedder, batch_size=shard_rows, batch_format="numpy", num_cpus=actor_cpus,
                                     num_gpus=1 if cuda else 0, compute=ray.data.ActorPoolStrategy(size=n_actors),
                                     fn_constructor_kwargs={"index": str(out.resolve()), "model": model,
@@ -287,8 +289,6 @@ def index_images_on_ray(
 def _drive(ix: Any, ds: Any, triage: _Triage, summary: RunSummary, rep: Report, commit_every: int,
            commit_seconds: float, progress: Callable[[int], None] | None) -> None:
     """Adopt the embedders' shards as they come, committing every ``commit_every`` rows or ``commit_seconds``."""
-    from .remote import unwrap
-
     handed, last = 0, time.monotonic()
     try:
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -310,7 +310,7 @@ def _drive(ix: Any, ds: Any, triage: _Triage, summary: RunSummary, rep: Report, 
             if progress is not None:
                 progress(len(b["uri"]))
     except Exception as e:
-        err = unwrap(e)
+        err = remote.unwrap(e)
         if err is e:
             raise
         raise err from None

@@ -84,8 +84,7 @@ def index_on_ray(ix: Any, src: Any, *, ray_address: str | None = None, batch_row
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    remote.init(ray_address)
     parts = parts_of(src)
     has_ids = ID in (src.sources[0].schema.names if isinstance(src, FolderSource) else src.schema.names)
     task = ray.remote(num_cpus=1)(_index_part)

@@ -1,10 +1,22 @@
-"""Results of Ray tasks and actors, with hyperret's own errors passed on as they were raised."""
+"""Joining Ray quietly, and results of Ray tasks and actors with hyperret's own errors passed on as raised."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import HyperretError
+
+
+def init(address: str | None) -> None:
+    """Join the Ray cluster at ``address`` (None: start a local one) unless this process has; Ray's own
+    start-up chatter (INFO lines, Ray Data's notices) stays off the terminal, its errors do not."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def get(refs: Any, where: str = "") -> Any:

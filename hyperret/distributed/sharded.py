@@ -212,14 +212,13 @@ class ShardedIndex:
             paths = [Path(p) for p in parts]
         manifests = check_parts(paths)
         first = manifests[0]
-        if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        remote.init(ray_address)
         gpus = gpus_per_part if device.startswith("cuda") else 0
         if gpus and float(ray.cluster_resources().get("GPU", 0)) < gpus:  # an actor would wait forever
             raise InvalidInputError(f"device {device!r}: the Ray cluster has no GPU for the parts' actors "
                                     f"(gpus_per_part=0 runs them on whatever GPU their node has)")
-        remote = ray.remote(num_cpus=actor_cpus, num_gpus=gpus)(PartServer)
-        actors = [remote.remote(str(p.resolve()), "cuda" if gpus else device) for p in paths]
+        server = ray.remote(num_cpus=actor_cpus, num_gpus=gpus)(PartServer)
+        actors = [server.remote(str(p.resolve()), "cuda" if gpus else device) for p in paths]
         bounds = Bounds.from_dict(first.bounds) if first.bounds is not None else None
         return cls(paths, actors, PartsManifest.of(paths, manifests), bounds, source)
 
