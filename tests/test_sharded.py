@@ -338,3 +338,20 @@ def test_parts_on_the_gpu_answer_as_on_the_cpu(parts):
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_allclose(got.distances, want.distances, rtol=1e-5, atol=1e-6)
     gpu.close()
+
+
+def test_an_actor_that_cannot_start_reads_as_one_line():
+    from hyperret.distributed.remote import unwrap
+    from hyperret.errors import IndexNotFoundError
+
+    class Died(Exception):  # what Ray keeps of an actor whose constructor raised: the text only
+        error_msg = ("The actor died because of an error raised in its creation task, ray::MapWorker.__init__()\n"
+                     "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                     "hyperret.errors.IndexNotFoundError: no hyperret index at /shared/ix (no manifest.json)")
+
+    got = unwrap(Died())
+    assert isinstance(got, IndexNotFoundError) and "\n" not in str(got)
+    assert str(got) == "a Ray worker could not start: no hyperret index at /shared/ix (no manifest.json)"
+    other = Died()
+    other.error_msg = "Traceback ...\nZeroDivisionError: division by zero"
+    assert unwrap(other) is other  # not hyperret's: left as it is

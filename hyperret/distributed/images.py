@@ -69,7 +69,7 @@ class Decoder:
 
         self.transform = split_preprocess(config)[0]
         self.size, self.draft, self.max_pixels = size, 2 * size, max_pixels
-        self.known: frozenset[str] = ray.get(known[0])  # the driver's object: one copy per node, not per actor
+        self.known: frozenset[str] = ray.get(known[0])  # the driver holds it for the run: a restart reads it again
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [prepare_file(u, int(i), self.known, self.transform, self.draft, self.max_pixels)
@@ -115,10 +115,10 @@ class Embedder:
             pixels = batch["pixels"][ok]
             vectors = np.concatenate([self.enc.encode_uint8(torch.from_numpy(pixels[i : i + self.batch_size]))
                                       for i in range(0, len(ok), self.batch_size)])
+            seconds[0] = time.perf_counter() - t
             meta = meta_table({k: [_plain(v) for v in batch[k][ok]] for k in ("uri", "sha256", "width", "height")})
             table = self.ix.shard_rows(vectors, batch["id"][ok].astype(np.int64), meta)
             shard[0] = json.dumps(asdict(write_shard(self.path, table, tag=self.tag)))
-            seconds[0] = time.perf_counter() - t
         return {**{k: batch[k] for k in _COLUMNS}, "shard": shard, "model_seconds": seconds}
 
 

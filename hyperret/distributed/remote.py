@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from .. import errors
 from ..errors import HyperretError
+
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")  # "hyperret.errors.IndexNotFoundError: no index at ..."
 
 
 def init(address: str | None) -> None:
@@ -29,13 +33,28 @@ def get(refs: Any, where: str = "") -> Any:
 
     try:
         return ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        raise unwrap(e, where) from None
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        err = unwrap(e, where)
+        if err is e:
+            raise
+        raise err from None
 
 
 def unwrap(e: BaseException, where: str = "") -> BaseException:
-    """The :class:`~hyperret.errors.HyperretError` a Ray task raised (as one line), else ``e`` itself."""
+    """The :class:`~hyperret.errors.HyperretError` a Ray task or actor raised (as one line), else ``e`` itself.
+
+    A task's error travels as the exception (``cause``); an actor that failed to start
+    (e.g. no index at its path on that node) only as text (``error_msg``), whose last
+    ``module.ErrorName: message`` line names it.
+    """
     cause = getattr(e, "cause", None)
     if isinstance(cause, HyperretError):
         return type(cause)(f"{where}{cause}" if where else str(cause))
+    text = getattr(e, "error_msg", None)
+    if isinstance(text, str):
+        for line in reversed(text.splitlines()):
+            m = _RAISED.match(line.strip())
+            cls = getattr(errors, m.group(1), None) if m else None
+            if m and isinstance(cls, type) and issubclass(cls, HyperretError):
+                return cls(f"{where}a Ray worker could not start: {m.group(2)}")
     return e
