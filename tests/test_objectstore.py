@@ -105,6 +105,39 @@ def test_a_tampered_store_changes_nothing_locally(tmp_path):
     src.close()
 
 
+def test_push_never_replaces_another_index_or_a_newer_version(tmp_path):
+    store = str(tmp_path / "bucket")
+    src = _index(tmp_path / "src")
+    push(src.path, store)
+    src.add(make_points(5, DIM, curv=CURV, seed=3).space, metadata={"caption": ["y"] * 5})
+    src.commit()
+    push(src.path, store)
+    with pytest.raises(InvalidInputError, match="newer than"):
+        push(_old_copy(src, tmp_path), store)
+    other = _index(tmp_path / "other", seed=4)
+    with pytest.raises(InvalidInputError, match="another index"):
+        push(other.path, store)
+    push(other.path, store, force=True)
+    pulled = pull(store, tmp_path / "replica")
+    assert pulled["rows"] == len(other)
+    src.close()
+    other.close()
+
+
+def _old_copy(src: hyperret.Index, tmp_path: Path) -> Path:
+    """A copy of ``src`` rolled back to its version 1 (its manifest only: the files are still there)."""
+    import shutil
+
+    from hyperret.storage.manifest import write_manifest
+    from hyperret.storage.versions import read_version, version_file
+
+    old = tmp_path / "old"
+    shutil.copytree(src.path, old)
+    write_manifest(old, read_version(old, 1))
+    (old / version_file(2)).unlink()
+    return old
+
+
 def test_a_copy_written_to_is_not_overwritten(tmp_path):
     src = _index(tmp_path / "src")
     push(src.path, str(tmp_path / "bucket"))

@@ -15,6 +15,7 @@ from .render import dump, progress_bars
 def push_cmd(
     index: Path = typer.Argument(..., help="Index directory."),
     uri: str = typer.Argument(..., help="Where to: s3://bucket/prefix, gs://..., abfs://..., hdfs://..., or a path."),
+    force: bool = typer.Option(False, "--force", help="Push over another index, or a newer version, at URI."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -23,7 +24,7 @@ def push_cmd(
 
     with progress_bars(quiet or as_json, unit="bytes") as bars:
         task = bars.add_task("uploading", total=None)
-        info = push(index, uri, progress=lambda n: bars.update(task, advance=n))
+        info = push(index, uri, force=force, progress=lambda n: bars.update(task, advance=n))
     if as_json:
         dump(info)
     else:

@@ -47,20 +47,35 @@ def store(uri: str, filesystem: Any = None) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
-def push(index: str | Path, uri: str, *, filesystem: Any = None,
+def push(index: str | Path, uri: str, *, filesystem: Any = None, force: bool = False,
          progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Upload the committed version of the index at ``index`` to ``uri``; returns what was sent."""
+    """Upload the committed version of the index at ``index`` to ``uri``; returns what was sent.
+
+    Refused, unless ``force``, where ``uri`` holds another index or a newer version of this one.
+    """
     local = Path(index)
     m = read_latest(local)
     fs, root = store(uri, filesystem)
     have = _sizes(fs, root)
+    if MANIFEST_NAME in have and not force:
+        there = Manifest.from_json(_read_manifest(fs, f"{root}/{MANIFEST_NAME}", uri), Path(uri) / MANIFEST_NAME)
+        if there.created_at != m.created_at:
+            raise InvalidInputError(f"{uri} holds another index (created {there.created_at}, this one "
+                                    f"{m.created_at}): not pushed (--force replaces it)")
+        if there.version > m.version:
+            raise InvalidInputError(f"{uri} holds version {there.version}, newer than {local}'s {m.version}: "
+                                    f"not pushed (--force goes back to it)")
     sent = skipped = sent_bytes = 0
     made: set[str] = set()
     for e in m.files_entries():
         if have.get(e.file) == e.bytes:
             skipped += 1
             continue
-        _upload(fs, index_file(local, e.file, "index file"), f"{root}/{e.file}", made)
+        try:
+            _upload(fs, index_file(local, e.file, "index file"), f"{root}/{e.file}", made)
+        except FileNotFoundError:  # a writer's cleanup removed it after the manifest was read
+            raise InvalidInputError(f"{local} moved on during the push ({e.file} of version {m.version} is gone): "
+                                    f"push again; the store still holds its previous version") from None
         sent, sent_bytes = sent + 1, sent_bytes + e.bytes
         if progress is not None:
             progress(e.bytes)
