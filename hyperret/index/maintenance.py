@@ -194,7 +194,7 @@ class Maintains(Searches):
             files, freed = self._collect_garbage(keep_all_versions=True)
         return {"versions": gone, "files": files, "bytes": freed}
 
-    # ----------------------------------------------------------- compaction
+    # -------------------------------------------------- shards written elsewhere
     @contextmanager
     def spare_shards(self, tag: str) -> Iterator[None]:
         """While the block runs, garbage collection spares ``shards/{tag}*``: workers writing them for
@@ -206,6 +206,7 @@ class Maintains(Searches):
         finally:
             self._spared = tuple(p for p in self._spared if p != prefix)
 
+    # ----------------------------------------------------------- compaction
     def compact(self, progress: Progress | None = None) -> dict[str, Any]:
         """Rewrite the shards without deleted rows, merge small shards and the segments into one; commit.
 
