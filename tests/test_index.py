@@ -306,3 +306,24 @@ def test_failed_commit_leaves_the_handle_in_step_with_the_disk(tmp_path, points,
     w.commit()  # retries what was not committed; adds nothing twice
     assert len(w) == 2003 and len(np.unique(w.ids())) == 2003
     assert len(hyperret.Index.open(tmp_path / "ix")) == 2003
+
+
+def test_garbage_collection_spares_shards_workers_are_writing(tmp_path):
+    from hyperret.storage.shards import write_shard
+    from hyperret.testing.synthetic import make_points
+
+    x = make_points(60, 8, curv=1.0, seed=1).space
+    with hyperret.Index.create(tmp_path / "ix", dim=8, curv=1.0) as ix:
+        with ix.spare_shards("run-1"):
+            early = write_shard(ix.path, ix.shard_rows(x[:20], np.arange(100, 120)), tag="run-1")
+            stray = write_shard(ix.path, ix.shard_rows(x[20:30], np.arange(200, 210)), tag="other")
+            ix.add(x[30:])
+            ix.commit()  # its garbage collection runs while "workers" still write run-1 shards
+            assert (ix.path / early.file).exists() and not (ix.path / stray.file).exists()
+            ix.adopt_shards([early])
+            ix.commit()
+            late = write_shard(ix.path, ix.shard_rows(x[:5], np.arange(300, 305)), tag="run-1")
+        assert len(ix) == 50 and (ix.path / late.file).exists()  # never adopted...
+        ix.add(x[:1], ids=[400])
+        ix.commit()
+        assert not (ix.path / late.file).exists()  # ...so it goes with the next collection
