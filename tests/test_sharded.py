@@ -231,8 +231,6 @@ def test_a_parts_file_opens_the_parts_as_one_index(parts, tmp_path):
     assert got.snapshot.manifest.version == sh.version == 3  # each part at its version 1
     c, cw = sh.classify(pts.space[:20]), whole.classify(pts.space[:20])
     np.testing.assert_array_equal(c.unsafe, cw.unsafe)
-    with pytest.raises(InvalidInputError, match="across the parts"):
-        sh.search(q, 5, dedup=True)
     sh.close()
     for text, why in [("{not json", "not JSON"), ('{"format": "hyperret-parts", "parts": []}', "not a parts file"),
                       ('["part0"]', "not a parts file")]:
@@ -266,15 +264,17 @@ def test_serve_and_search_a_parts_file(parts, tmp_path):
             [p.action for p in want.plans]
         r = client.post("/classify", json={"index": "collection", "vectors": q.tolist()})
         assert r.status_code == 200 and len(r.json()["unsafe"]) == 3
-        r = client.post("/search", json={"index": "collection", "vectors": q.tolist(), "dedup": True})
-        assert r.status_code == 400 and "across the parts" in r.json()["error"]
+        r = client.post("/search", json={"index": "collection", "vectors": q.tolist(), "k": 5, "dedup": 0.8})
+        want_d = whole.search(q, 5, policy="redirect", recall=1.0, dedup=0.8)
+        assert r.status_code == 200 and [[h["id"] for h in res["hits"]] for res in r.json()["results"]] == \
+            want_d.ids.tolist()
         assert client.get("/indexes/collection").json()["sharded"] is True
     np.save(tmp_path / "q.npy", q)
     res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "-k", "5",
                                    "--policy", "redirect", "--recall", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert [[h["id"] for h in json.loads(line)["hits"]] for line in res.output.splitlines()] == want.ids.tolist()
-    res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "--dedup"])
+    res = CliRunner().invoke(app, ["search", str(f), "--vectors", str(tmp_path / "q.npy"), "--bounds", str(f)])
     assert res.exit_code != 0 and "parts file" in res.output
 
 
@@ -355,3 +355,18 @@ def test_an_actor_that_cannot_start_reads_as_one_line():
     other = Died()
     other.error_msg = "Traceback ...\nZeroDivisionError: division by zero"
     assert unwrap(other) is other  # not hyperret's: left as it is
+
+
+@pytest.mark.parametrize("policy", ["off", "filter"])
+def test_dedup_across_parts_is_the_single_index_collapse(parts, policy):
+    root, sh, pts = parts
+    whole = hyperret.Index.open(root / "whole")
+    q = make_queries(pts, 8, seed=31)
+    for radius in (0.3, 1.5):  # a wide radius collapses most hits: the parts' lists are widened
+        got = sh.search(q, 10, policy=policy, recall=1.0, dedup=radius)
+        want = whole.search(q, 10, policy=policy, recall=1.0, dedup=radius)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_allclose(got.distances, want.distances, rtol=1e-6)
+        assert [p.collapsed for p in got.plans] == [p.collapsed for p in want.plans]
+        assert [h["caption"] for h in got.to_list()[0]] == [h["caption"] for h in want.to_list()[0]]
+    assert max(p.collapsed for p in got.plans) > 10  # more than one round of the parts was needed

@@ -69,8 +69,8 @@ def search_cmd(
     if index.is_file():  # a parts file
         from ..distributed import ShardedIndex
 
-        if bounds is not None or dedup or dedup_radius is not None:
-            fail("--bounds and --dedup search one index: a parts file's parts use the bounds they share")
+        if bounds is not None:
+            fail("--bounds searches one index: a parts file's parts use the bounds they share")
         ix: Any = ShardedIndex.open(index, ray_address, device=device)
     else:
         if ray_address is not None:

@@ -12,9 +12,9 @@ Parts must share dimension, curvature, geometry, modality and bounds.
 
 The parts can be named in a *parts file* (``{"format": "hyperret-parts", "parts":
 ["part0", "/data/part1"]}``; relative paths from the file's folder), which
-``hyperret serve`` serves as one index named by the file. Search results collapse
-near-duplicates per part only, so ``dedup`` is refused (run ``hyperret dedup`` on
-the parts instead).
+``hyperret serve`` serves as one index named by the file. ``dedup`` at search time
+collapses near copies across the parts: the parts send their hits' vectors and the
+driver runs the one-index collapse over the merged list.
 """
 
 from __future__ import annotations
@@ -58,12 +58,18 @@ class PartServer:
         self.ix.refresh()
         opts = dict(options)
         columns = opts.pop("columns", None)
+        with_vectors = opts.pop("vectors", False)
         res = self.ix.search(queries, k, policy=policies, modality=modalities, **opts)
         counters = [{"candidates": p.candidates, "unsafe_skipped": p.unsafe_skipped, "scanned": p.scanned,
                      "refills": p.refills} for p in res.plans]
-        return {"ids": res.ids, "distances": res.distances, "unsafe": res.unsafe, "exact": res.exact,
-                "meta": res.metadata(columns), "counters": counters,
-                "version": res.snapshot.manifest.version}
+        out = {"ids": res.ids, "distances": res.distances, "unsafe": res.unsafe, "exact": res.exact,
+               "meta": res.metadata(columns), "counters": counters, "version": res.snapshot.manifest.version}
+        if with_vectors:  # the hits' space components, from the snapshot searched (for the driver's dedup)
+            vec = np.zeros((*res.ids.shape, self.ix.dim), np.float32)
+            found = res.rows >= 0
+            vec[found] = res.snapshot.shardset.gather(res.rows[found])
+            out["vectors"] = vec
+        return out
 
 
 PARTS_FORMAT = "hyperret-parts"
@@ -157,10 +163,23 @@ class MergedHits:
                 for r in rows]
 
 
-def merge(parts: list[dict[str, Any]], m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-    """The ``k`` best of every part per query, by (distance, id): ``(ids, distances, unsafe, meta)``.
+@dataclass(frozen=True)
+class Merged:
+    """The parts' hits merged per query: ``ids``, ``distances``, ``unsafe`` ``(m, k)``, ``meta`` per hit
+    (flattened), and the hits' ``vectors (m, k, D)`` when the parts sent theirs."""
 
-    ``parts[p]``: ``ids (m, kp)``, ``distances (m, kp)``, ``unsafe (m, kp) | None``, ``meta`` per hit.
+    ids: np.ndarray
+    distances: np.ndarray
+    unsafe: np.ndarray
+    meta: list[dict[str, Any]]
+    vectors: np.ndarray | None = None
+
+
+def merge_hits(parts: list[dict[str, Any]], m: int, k: int) -> Merged:
+    """The ``k`` best of every part per query, by (distance, id).
+
+    ``parts[p]``: ``ids (m, kp)``, ``distances (m, kp)``, ``unsafe (m, kp) | None``, ``meta`` per hit,
+    optionally ``vectors (m, kp, D)``.
     """
     ids = np.concatenate([np.asarray(p["ids"], np.int64).reshape(m, -1) for p in parts], axis=1)
     dist = np.concatenate([np.asarray(p["distances"], np.float32).reshape(m, -1) for p in parts], axis=1)
@@ -179,9 +198,36 @@ def merge(parts: list[dict[str, Any]], m: int, k: int) -> tuple[np.ndarray, np.n
     ids, dist = np.take_along_axis(ids, order, 1), np.take_along_axis(dist, order, 1)
     found = ids >= 0
     unsafe = np.take_along_axis(unsafe, order, 1) & found
-    meta = [parts[int(part[o])]["meta"][i][int(col[o])] if f else {}
-            for i in range(m) for o, f in zip(order[i], found[i])]
-    return ids, dist, unsafe, meta
+    src = [(i, int(part[o]), int(col[o])) for i in range(m) for o in order[i]]
+    meta = [parts[p]["meta"][i][c] if f else {} for (i, p, c), f in zip(src, found.ravel())]
+    vectors = None
+    if parts and all("vectors" in p for p in parts):
+        vectors = np.zeros((m * k, parts[0]["vectors"].shape[-1]), np.float32)
+        for j, ((i, p, c), f) in enumerate(zip(src, found.ravel())):
+            if f:
+                vectors[j] = parts[p]["vectors"][i][c]
+        vectors = vectors.reshape(m, k, -1)
+    return Merged(ids, dist, unsafe, meta, vectors)
+
+
+def merge(parts: list[dict[str, Any]], m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """:func:`merge_hits` as ``(ids, distances, unsafe, meta)``."""
+    r = merge_hits(parts, m, k)
+    return r.ids, r.distances, r.unsafe, r.meta
+
+
+def collapsed(hits: Merged, curv: float, radius: float, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merged hits ``(m, k2)`` with near copies collapsed as one index collapses them (the same kernel,
+    :func:`hyperret.dedup.collapse.collapse`) -> ``(positions (m, k), distances (m, k), collapsed (m,))``;
+    a position indexes the flattened merged hits, -1 where fewer remain."""
+    from ..dedup.collapse import collapse
+    from ..storage.shardset import ShardSet
+
+    assert hits.vectors is not None  # the parts were asked for their hits' vectors
+    m, k2 = hits.ids.shape
+    pos = np.where(hits.ids >= 0, np.arange(m * k2).reshape(m, k2), -1)
+    rows = ShardSet([hits.vectors.reshape(m * k2, -1)], hits.vectors.shape[-1])
+    return collapse(pos, hits.distances.astype(np.float64), rows, curv, radius, k)
 
 
 class ShardedIndex:
@@ -273,11 +319,12 @@ class ShardedIndex:
                alpha: float = HYSAC_ALPHA, target: str | float | None = None, recall: float | None = None,
                ef: int | None = None, nprobe: int | None = None, candidates: int | None = None,
                where: str | None = None, columns: list[str] | None = None, dedup: bool | float = False) -> SearchResult:
-        """As :meth:`hyperret.Index.search`, over every part: planned once, merged exactly by (distance, id)."""
-        if dedup is not False and dedup is not None:
-            raise InvalidInputError("dedup= collapses near-duplicates within one index, not across the parts of a "
-                                    "sharded one: run hyperret dedup on the parts (--ray) instead")
+        """As :meth:`hyperret.Index.search`, over every part: planned once, merged exactly by (distance, id).
 
+        ``dedup``: the parts send their hits' vectors and the driver collapses near copies
+        across the parts as one index would, widening the parts' lists while short of ``k``.
+        """
+        radius = self._dedup_radius(dedup)
         q = validate.vectors(queries, self.dim, what="query vectors")
         if self._manifest.geometry == "lorentz":
             validate.norms(q, self.curv, what="query vectors")
@@ -298,25 +345,61 @@ class ShardedIndex:
         unsafe = np.zeros((m, k), bool)
         meta: list[dict[str, Any]] = [{} for _ in range(m * k)]
         exact = True
-        if len(todo):
-            outs = remote.get([a.search.remote(plan.queries[todo], int(k), pols, mods, options) for a in self.actors])
-            exact = all(o["exact"] for o in outs)
-            mi, md, mu, mm = merge(outs, len(todo), int(k))
-            ids[todo], dist[todo], unsafe[todo] = mi, md, mu
-            for n, i in enumerate(todo):
-                meta[i * k : (i + 1) * k] = mm[n * k : (n + 1) * k]
+        live = max(len(self), 1)
+        k2 = int(k) if radius is None else min(2 * int(k), live)  # as one index: 2k, then 4x while short
+        left = np.arange(len(todo))  # positions in todo still to answer
+        versions: list[int] = []
+        while len(left):
+            sub = todo[left]
+            opts = {**options, "vectors": radius is not None}
+            outs = remote.get([a.search.remote(plan.queries[sub], k2, [pols[j] for j in left],
+                                               [mods[j] for j in left], opts) for a in self.actors])
+            versions = [o["version"] for o in outs]
+            exact = exact and all(o["exact"] for o in outs)
+            hits = merge_hits(outs, len(sub), k2)
+            if radius is None:
+                pos = np.arange(len(sub) * k).reshape(len(sub), k)
+                gone = np.zeros(len(sub), np.int64)
+                short = np.zeros(len(sub), bool)
+            else:
+                pos, _, gone = collapsed(hits, self.curv, radius, int(k))
+                short = (pos[:, -1] < 0) & (hits.ids[:, -1] >= 0)  # the lists were full: more rows behind
+            found = pos >= 0
+            flat = np.where(found, pos, 0)
+            ids[sub] = np.where(found, hits.ids.ravel()[flat], -1)
+            dist[sub] = np.where(found, hits.distances.ravel()[flat], np.float32(np.inf))
+            unsafe[sub] = hits.unsafe.ravel()[flat] & found
+            for n, i in enumerate(sub):
+                meta[i * k : (i + 1) * k] = [hits.meta[j] if f else {} for j, f in zip(flat[n], found[n])]
                 p = plan.plans[i]
                 p.candidates = sum(o["counters"][n]["candidates"] for o in outs)
                 p.unsafe_skipped = sum(o["counters"][n]["unsafe_skipped"] for o in outs)
                 p.scanned = sum(o["counters"][n]["scanned"] for o in outs)
+                p.collapsed = int(gone[n])
+            if k2 >= live:
+                break
+            left, k2 = left[short], min(4 * k2, live)
         for p, r in zip(plan.plans, ids):
             p.returned = int(np.count_nonzero(r >= 0))
         rows = np.where(ids >= 0, np.arange(m * k).reshape(m, k), -1)
-        if len(todo):
-            self._manifest = self._manifest_at([o["version"] for o in outs])
+        if versions:
+            self._manifest = self._manifest_at(versions)
         return SearchResult(ids=ids, distances=dist, rows=rows, exact=exact,
                             snapshot=MergedHits(meta, self._manifest),  # type: ignore[arg-type]
                             unsafe=unsafe if self.bounds is not None else None, plans=plan.plans)
+
+    def _dedup_radius(self, dedup: bool | float | None) -> float | None:
+        """The collapse radius ``dedup`` asks for: True takes the parts' last applied dedup radius when
+        they all record the same one, else :data:`hyperret.dedup.collapse.DEFAULT_SEARCH_RADIUS`."""
+        if dedup is False or dedup is None:
+            return None
+        if dedup is True:
+            from ..dedup.collapse import DEFAULT_SEARCH_RADIUS
+
+            radii = {float(m.dedup["radius"]) if m.dedup and "radius" in m.dedup else None
+                     for m in (read_latest(p) for p in self.paths)}
+            return radii.pop() if len(radii) == 1 and None not in radii else DEFAULT_SEARCH_RADIUS
+        return validate.radius(dedup, "dedup radius")
 
     def _manifest_at(self, versions: list[int]) -> PartsManifest:
         """The manifest with the versions the parts just searched (re-read when one moved on)."""
