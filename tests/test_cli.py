@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+import hyperret
 from hyperret.cli import app
 from hyperret.cli.demo import write_points
 from hyperret.testing.synthetic import make_points
@@ -175,3 +176,17 @@ def test_vector_search_never_imports_torch(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count('"hits"') == 2
+
+
+def test_first_id_numbers_a_new_index_from_it(tmp_path):
+    x = make_points(40, 8, curv=1.0, seed=4).space
+    _write(tmp_path / "t.parquet", embedding=list(x))
+    r = _run("index", tmp_path / "t.parquet", "--out", tmp_path / "ix", "--curv", "1", "--first-id", 10**12,
+             "--json", "-q")
+    assert r.exit_code == 0, r.output
+    ix = hyperret.Index.open(tmp_path / "ix")
+    np.testing.assert_array_equal(np.sort(ix.ids()), 10**12 + np.arange(40))
+    _fails(_run("index", tmp_path / "t.parquet", "--out", tmp_path / "ix", "--append", "--first-id", 5),
+           "--first-id are fixed when an index is created")
+    with pytest.raises(hyperret.errors.InvalidInputError, match="first_id"):
+        hyperret.Index.create(tmp_path / "bad", dim=8, first_id=-1)

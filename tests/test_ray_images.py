@@ -56,10 +56,10 @@ def setup(tmp_path_factory):
     ray.shutdown()
 
 
-def _local(setup, tmp_path) -> tuple[hyperret.Index, dict]:
+def _local(setup, tmp_path, first_id: int | None = None) -> tuple[hyperret.Index, dict]:
     root, folder = setup
     enc = HySACEncoder.from_checkpoint(root / "hysac_model.pth", arch=ARCH)
-    s = index_images(folder, tmp_path / "local", enc, batch_size=4, workers=0, commit_every=8)
+    s = index_images(folder, tmp_path / "local", enc, batch_size=4, workers=0, commit_every=8, first_id=first_id)
     return hyperret.Index.open(tmp_path / "local"), s.to_dict()
 
 
@@ -102,12 +102,19 @@ def test_images_on_ray_give_the_local_index(setup, tmp_path):
 
 def test_a_worker_killed_mid_job_is_restarted_and_its_batch_run_again(setup, tmp_path):
     root, folder = setup
-    want, _ = _local(setup, tmp_path)
+    want, _ = _local(setup, tmp_path, first_id=10**12)  # a part of a collection: its ids from 10**12
     marker = tmp_path / "killed"
-    index_images_on_ray(folder, tmp_path / "ray", ModelSpec(str(root / "hysac_model.pth"), ARCH), batch_size=4,
-                        shard_rows=6, kill_once=str(marker))
+    spec = ModelSpec(str(root / "hysac_model.pth"), ARCH)
+    index_images_on_ray(folder, tmp_path / "ray", spec, batch_size=4, shard_rows=6, kill_once=str(marker),
+                        first_id=10**12)
     assert marker.exists()  # an embedder did die
-    _same_index(hyperret.Index.open(tmp_path / "ray"), want)
+    got = hyperret.Index.open(tmp_path / "ray")
+    _same_index(got, want)
+    assert got.ids().min() >= 10**12
+    again = index_images_on_ray(folder, tmp_path / "ray", spec, first_id=10**12)  # the same command resumes
+    assert again.indexed == 0 and again.already_indexed == 21
+    with pytest.raises(hyperret.errors.InvalidInputError, match="--first-id is for a new index"):
+        index_images_on_ray(folder, tmp_path / "ray", spec, first_id=2 * 10**12)
 
 
 def test_a_killed_driver_keeps_its_commits_and_a_rerun_resumes(setup, tmp_path):

@@ -216,7 +216,7 @@ def test_a_driver_gone_before_its_commit_leaves_the_previous_version(parts, tmp_
 
 
 def test_a_parts_file_opens_the_parts_as_one_index(parts, tmp_path):
-    from hyperret.distributed.sharded import read_parts_file, write_parts_file
+    from hyperret.distributed.parts import read_parts_file, write_parts_file
 
     root, _, pts = parts
     f = write_parts_file(root / "collection.json", [f"part{j}" for j in range(3)])  # relative to the file
@@ -244,7 +244,7 @@ def test_serve_and_search_a_parts_file(parts, tmp_path):
     from typer.testing import CliRunner
 
     from hyperret.cli import app
-    from hyperret.distributed.sharded import write_parts_file
+    from hyperret.distributed.parts import write_parts_file
     from hyperret.serve import Service, create_app
 
     root, _, pts = parts
@@ -298,7 +298,7 @@ def test_the_parts_command_writes_a_file_the_parts_open_from(parts, tmp_path):
     from typer.testing import CliRunner
 
     from hyperret.cli import app
-    from hyperret.distributed.sharded import read_parts_file
+    from hyperret.distributed.parts import read_parts_file
 
     root, _, _ = parts
     out = tmp_path / "sub" / "c.json"
@@ -317,6 +317,18 @@ def test_the_parts_command_writes_a_file_the_parts_open_from(parts, tmp_path):
         ix.commit()
     res = CliRunner().invoke(app, ["parts", str(tmp_path / "d.json"), str(root / "part0"), str(tmp_path / "odd")])
     assert res.exit_code == 2 and "must agree" in res.output and not (tmp_path / "d.json").exists()
+
+    # parts built apart must not share ids: a hit's id names one row of the collection
+    b = hyperret.Bounds.from_dict(hyperret.Index.open(root / "part0").manifest.bounds)
+    for name, first in (("a", 0), ("b", 0), ("c", 10**12)):
+        with hyperret.Index.create(tmp_path / name, dim=DIM, curv=CURV, bounds=b, first_id=first) as ix:
+            ix.add(make_points(30, DIM, curv=CURV, seed=len(name)).space)
+            ix.commit()
+    assert hyperret.Index.open(tmp_path / "c").ids().min() == 10**12
+    res = CliRunner().invoke(app, ["parts", str(tmp_path / "e.json"), str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.exit_code == 2 and "both hold id 0 and 29 more" in res.output, res.output
+    res = CliRunner().invoke(app, ["parts", str(tmp_path / "e.json"), str(tmp_path / "a"), str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
 
 
 def test_parts_on_the_gpu_answer_as_on_the_cpu(parts):

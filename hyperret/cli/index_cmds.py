@@ -64,6 +64,9 @@ def index_cmd(
                                                "many decoder actors (default: the CPUs the embedders leave)."),
     shard_rows: int = typer.Option(1024, "--shard-rows", min=1, help="Images on Ray: files per embedder call, "
                                    "written as one shard."),
+    first_id: int | None = typer.Option(None, "--first-id", min=0, help="A new index numbers its rows from this "
+                                           "id: parts of one collection built apart keep their ids apart (e.g. "
+                                           "part K from K * 10**12)."),
     geometry: str | None = typer.Option(None, "--geometry", help="lorentz (HySAC space components) or cosine "
                                            "(Euclidean CLIP vectors, ranked by cosine similarity). Default: what "
                                            "the source records; clip-retrieval folders are cosine."),
@@ -91,7 +94,7 @@ def index_cmd(
                                    workers=workers, precision=precision, commit_every=commit_every,
                                    commit_seconds=commit_seconds, max_pixels=max_pixels, report=report,
                                    preset=preset, bounds=bounds, quiet=quiet or as_json, compact=compact,
-                                   background_commits=background_commits, ray=on_ray)
+                                   background_commits=background_commits, ray=on_ray, first_id=first_id)
         if as_json:
             dump(summary)
         else:
@@ -99,6 +102,7 @@ def index_cmd(
         return
     info = build_with_bars(source, out, preset=preset, curv=curv, append=append, batch_rows=batch_rows, quiet=quiet,
                            bounds=bounds, modality=modality, geometry=geometry, ray=ray, ray_address=ray_address,
+                           first_id=first_id,
                            warn=lambda line: typer.echo(f"warning: {line}", err=True))
     if as_json:
         dump(info)
@@ -111,7 +115,7 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
                      workers: int | None, precision: str, commit_every: int, commit_seconds: float,
                      max_pixels: int, report: Path | None, preset: str | None, bounds: Path | None,
                      quiet: bool, compact: bool = True, background_commits: bool = True,
-                     ray: dict[str, Any] | None = None) -> dict[str, Any]:
+                     ray: dict[str, Any] | None = None, first_id: int | None = None) -> dict[str, Any]:
     """Embed the images under ``source`` into the index at ``out`` (created, or resumed); on Ray with ``ray``."""
     from ..safety.bounds import Bounds
 
@@ -127,7 +131,7 @@ def index_images_cmd(source: Path, out: Path, *, model: str, arch: str | None, d
     common: dict[str, Any] = {
         "preset": preset, "bounds": b, "batch_size": batch_size, "commit_every": commit_every,
         "commit_seconds": commit_seconds, "max_pixels": max_pixels, "report": report, "on_start": started,
-        "progress": lambda n: bars.update(task, advance=n), "compact": compact}
+        "progress": lambda n: bars.update(task, advance=n), "compact": compact, "first_id": first_id}
     try:
         if ray is not None:
             from ..distributed.images import ModelSpec, index_images_on_ray
@@ -171,7 +175,7 @@ def info_cmd(
     if index.is_file():  # a parts file: no Ray needed to describe it
         from dataclasses import asdict
 
-        from ..distributed.sharded import PartsManifest, check_parts, read_parts_file
+        from ..distributed.parts import PartsManifest, check_parts, read_parts_file
 
         paths = read_parts_file(index)
         parts = {"path": str(index), **asdict(PartsManifest.of(paths, check_parts(paths)))}

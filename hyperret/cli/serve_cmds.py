@@ -85,13 +85,17 @@ def parts_cmd(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
 ) -> None:
     """Name indexes as the parts of one collection: hyperret search and serve take the file (on Ray)."""
-    from ..distributed.sharded import check_parts, write_parts_file
+    from ..distributed.parts import check_parts, id_clash, write_parts_file
 
     if out.exists() and not force:
         fail(f"{out} exists (--force replaces it)")
     if out.is_dir():
         fail(f"{out} is a folder; the parts file is a JSON file")
-    manifests = check_parts([p if p.is_absolute() else Path.cwd() / p for p in parts])
+    paths = [p if p.is_absolute() else Path.cwd() / p for p in parts]
+    manifests = check_parts(paths)
+    clash = id_clash(paths)  # a hit's id must name one row of the collection
+    if clash is not None:
+        fail(clash)
     base = out.resolve().parent
     named = [os.path.relpath(p.resolve(), base) for p in parts]  # from the file's folder, as it reads them
     write_parts_file(out, named)

@@ -195,6 +195,7 @@ def index_images_on_ray(
     progress: Callable[[int], None] | None = None,
     compact: bool = True,
     ray_address: str | None = None,
+    first_id: int | None = None,
     kill_once: str | None = None,
 ) -> RunSummary:
     """Embed every image under ``images`` into the index at ``out`` on Ray (see the module docstring).
@@ -218,7 +219,7 @@ def index_images_on_ray(
     out = Path(out)
     listing = list_images(images)
     enc = load_encoder(model.model, model.arch, "cpu", precision=model.precision)  # describes it; no towers built
-    ix, resumed, note = open_or_create(out, enc, preset, bounds, images)
+    ix, resumed, note = open_or_create(out, enc, preset, bounds, images, first_id)
     summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed,
                          bounds_note=note, background_commits=False)
     rep = Report(Path(report) if report is not None else out / REPORTS_DIR / f"index-{stamp()}.jsonl")

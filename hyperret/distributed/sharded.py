@@ -19,9 +19,8 @@ driver runs the one-index collapse over the merged list.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,9 @@ from ..safety.classify import Classification, classify
 from ..safety.planner import make_plan
 from ..safety.traversal import HYSAC_ALPHA
 from ..search.result import SearchResult
-from ..storage.manifest import Manifest
 from ..storage.versions import read_latest
 from . import remote
+from .parts import PartsManifest, check_parts, read_parts_file
 
 
 class PartServer:
@@ -70,85 +69,6 @@ class PartServer:
             vec[found] = res.snapshot.shardset.gather(res.rows[found])
             out["vectors"] = vec
         return out
-
-
-PARTS_FORMAT = "hyperret-parts"
-MAX_PARTS_FILE = 1 << 20  # bytes
-
-
-def read_parts_file(path: str | Path) -> list[Path]:
-    """The part directories a parts file names (relative ones from its folder); a clear error for a bad file."""
-    f = Path(path)
-    try:
-        raw = f.read_bytes()[: MAX_PARTS_FILE + 1]
-    except OSError as e:
-        raise InvalidInputError(f"cannot read {f}: {e.strerror or e}") from None
-    if len(raw) > MAX_PARTS_FILE:
-        raise InvalidInputError(f"{f}: a parts file is at most {MAX_PARTS_FILE} bytes")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidInputError(f"{f} is not a parts file (not JSON)") from None
-    parts = doc.get("parts") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or doc.get("format") != PARTS_FORMAT or not isinstance(parts, list) \
-            or not parts or not all(isinstance(p, str) and p for p in parts):
-        raise InvalidInputError(f'{f} is not a parts file ({{"format": "{PARTS_FORMAT}", "parts": [DIR, ...]}})')
-    return [(f.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts]
-
-
-def write_parts_file(path: str | Path, parts: Sequence[str | Path]) -> Path:
-    """Write a parts file naming ``parts`` (kept as given: relative ones are from the file's folder)."""
-    f = Path(path)
-    f.write_text(json.dumps({"format": PARTS_FORMAT, "parts": [str(p) for p in parts]}, indent=1) + "\n")
-    return f
-
-
-def check_parts(paths: Sequence[Path]) -> list[Manifest]:
-    """The parts' latest manifests; an error unless each is an index and all share dim, curv, geometry,
-    modality and bounds."""
-    if not paths:
-        raise InvalidInputError("a sharded index needs at least one part")
-    manifests = [read_latest(p) for p in paths]
-    first = manifests[0]
-    for p, m in zip(paths[1:], manifests[1:]):
-        for key in ("dim", "curv", "geometry", "modality", "bounds"):
-            if getattr(m, key) != getattr(first, key):
-                raise InvalidInputError(f"part {p} has {key} {getattr(m, key)!r}, {paths[0]} "
-                                        f"{getattr(first, key)!r}: parts must agree")
-    return manifests
-
-
-@dataclass(frozen=True)
-class PartsManifest:
-    """What a sharded index reports as its manifest: the parts' common fields and their sums.
-
-    ``version`` is the sum of the parts' versions: it grows whenever a part commits.
-    """
-
-    version: int
-    rows: int
-    deleted_rows: int
-    dim: int
-    curv: float
-    geometry: str
-    modality: str
-    bounds: dict[str, Any] | None
-    metadata_columns: dict[str, str]
-    producer: dict[str, Any]
-    parts: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, paths: list[Path], manifests: list[Manifest]) -> PartsManifest:
-        first = manifests[0]
-        cols: dict[str, str] = {}
-        for m in manifests:
-            cols.update(m.metadata_columns)
-        return cls(version=sum(m.version for m in manifests), rows=sum(m.rows for m in manifests),
-                   deleted_rows=sum(m.deleted_rows for m in manifests), dim=first.dim, curv=first.curv,
-                   geometry=first.geometry, modality=first.modality, bounds=first.bounds, metadata_columns=cols,
-                   producer=dict(first.producer),
-                   parts=[{"path": str(p), "version": m.version, "rows": m.rows - m.deleted_rows}
-                          for p, m in zip(paths, manifests)])
 
 
 @dataclass(frozen=True)

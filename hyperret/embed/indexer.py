@@ -188,6 +188,7 @@ def index_images(
     decode_chunk: int | None = None,
     compact: bool = True,
     background_commits: bool = True,
+    first_id: int | None = None,
 ) -> RunSummary:
     """Embed every image under ``images`` with ``encoder`` into the index at ``out`` (created or resumed).
 
@@ -197,6 +198,7 @@ def index_images(
     segments the chunked commits made into one at the end (:meth:`Index.compact`).
     ``background_commits``: adds and commits run on a writer thread while the model
     goes on (:class:`~hyperret.embed.committer.Committer`); false: on this thread.
+    ``first_id``: a new index numbers its rows from it (parts of one collection built apart).
     """
     from torch.utils.data import DataLoader
 
@@ -206,7 +208,7 @@ def index_images(
     out = Path(out)
     listing = list_images(images)
     n_workers = default_workers() if workers is None else int(workers)
-    ix, resumed, note = open_or_create(out, encoder, preset, bounds, images)
+    ix, resumed, note = open_or_create(out, encoder, preset, bounds, images, first_id)
     summary = RunSummary(path=str(out), listed=len(listing.files) + len(listing.ignored), resumed=resumed,
                          bounds_note=note)
     reasons: Counter[str] = Counter()

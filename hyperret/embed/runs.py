@@ -47,8 +47,12 @@ class RunSummary:
 
 
 def open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any,
-                    source: Any) -> tuple[Any, bool, str | None]:
-    """``(index, resumed, note)``: the note says why bounds beside the checkpoint were left out."""
+                    source: Any, first_id: int | None = None) -> tuple[Any, bool, str | None]:
+    """``(index, resumed, note)``: the note says why bounds beside the checkpoint were left out.
+
+    ``first_id``: a new index numbers its rows from it; a resumed one must already be numbered
+    at or past it (it was created with it).
+    """
     from ..index import Index
 
     if (out / MANIFEST_NAME).exists():
@@ -58,6 +62,9 @@ def open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any,
             if preset is not None and preset != ix.manifest.preset.get("name"):
                 raise InvalidInputError(f"{out} was built with preset {ix.manifest.preset.get('name')}; "
                                         f"a resumed run keeps it (drop --preset)")
+            if first_id is not None and ix.manifest.next_id < first_id:
+                raise InvalidInputError(f"{out} numbers its rows from its own counter ({ix.manifest.next_id}); "
+                                        f"--first-id is for a new index")
         except BaseException:
             ix.close()
             raise
@@ -73,7 +80,7 @@ def open_or_create(out: Path, encoder: Encoder, preset: str | None, bounds: Any,
             note = (f"{found.source}: not stored with the rows, it cannot label images (it needs V and G); "
                     f"pass it at search time (--bounds) for the hysac redirect")
     ix = Index.create(out, dim=encoder.dim, curv=encoder.curv, preset=preset, geometry=encoder.geometry,
-                      modality="image", bounds=b,
+                      modality="image", bounds=b, first_id=first_id or 0,
                       producer={"model": encoder.describe(), "source": str(source), "vectors": "images"})
     return ix, False, note
 

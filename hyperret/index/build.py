@@ -72,7 +72,7 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
                 batch_rows: int = 65_536, bounds: Path | None = None, modality: str | None = None,
                 progress: Stage | None = None, geometry: str | None = None,
                 warn: Callable[[str], None] | None = None, ray: bool = False,
-                ray_address: str | None = None) -> dict[str, Any]:
+                ray_address: str | None = None, first_id: int | None = None) -> dict[str, Any]:
     """Read ``source`` and build (or append to) the index at ``out``; all or nothing.
 
     ``source``: a Parquet/Arrow file, a folder of them, or clip-retrieval's output
@@ -82,14 +82,15 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
     A new index is built in a hidden folder beside ``out`` and renamed into place
     once committed; an append commits once at the end (a failure keeps the last
     snapshot). ``progress(stage, total)`` returns a callback advanced by rows done.
+    ``first_id``: a new index numbers rows without ids from it.
     """
     from . import Index
 
     src = open_source(source, batch_rows=batch_rows)
     remove_stale_partials(out)
-    if append and (bounds is not None or modality is not None or geometry is not None):
-        raise InvalidInputError("--bounds, --modality and --geometry are fixed when an index is created; "
-                                "not with --append")
+    if append and (bounds is not None or modality is not None or geometry is not None or first_id is not None):
+        raise InvalidInputError("--bounds, --modality, --geometry and --first-id are fixed when an index is "
+                                "created; not with --append")
     geometry = check_geometry(geometry or getattr(src, "geometry", None) or "lorentz") if not append else None
     b = Bounds.load(bounds) if bounds is not None else None
     if modality is None and not append:
@@ -124,7 +125,8 @@ def build_index(source: Path, out: Path, *, preset: str | None, curv: float | No
                     raise InvalidInputError(f"curvature unknown for {source}")
                 ix = Index.create(target, dim=batch.vectors.shape[1], curv=c, preset=preset,
                                   producer={"source": str(source), "vectors": "precomputed"},
-                                  modality=modality or "image", bounds=b, geometry=geometry or "lorentz")
+                                  modality=modality or "image", bounds=b, geometry=geometry or "lorentz",
+                                  first_id=first_id or 0)
                 if ix.geometry == "lorentz" and warn is not None and looks_unit(batch.vectors):
                     warn(f"{source}: the rows are unit vectors, as Euclidean CLIP features are; indexed as "
                          f"hyperbolic points they rank by a distance they were not trained for "

@@ -45,8 +45,12 @@ class Index(Maintains):
         modality: str = "image",
         bounds: Bounds | dict[str, Any] | str | Path | None = None,
         geometry: str = "lorentz",
+        first_id: int = 0,
     ) -> Index:
         """Create an empty index at ``path`` and return it open for writing.
+
+        ``first_id``: where the id counter starts (rows added without ids are numbered
+        from it): indexes built apart as parts of one collection keep their ids apart.
 
         ``geometry``: ``lorentz`` (HySAC space components, the default) or
         ``cosine`` (a Euclidean CLIP's features, stored as unit vectors and ranked
@@ -75,6 +79,9 @@ class Index(Maintains):
             for m in (modality,) if modality != "mixed" else MODALITIES:
                 b.threshold(m, why=f"an index with bounds labels every row: labelling {m} rows")
         p = preset if isinstance(preset, Preset) else load_preset(preset)
+        if isinstance(first_id, bool) or not isinstance(first_id, (int, np.integer)) \
+                or not 0 <= first_id <= validate.ID_MAX:
+            raise InvalidInputError(f"first_id must be an integer from 0 to {validate.ID_MAX}, got {first_id!r}")
         if (path / MANIFEST_NAME).exists():
             raise IndexExistsError(f"an index already exists at {path}")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -87,7 +94,8 @@ class Index(Maintains):
 
             prod = {"tool": f"hyperret {__version__}", **(producer or {})}
             manifest = new_manifest(int(dim), curv, p.to_dict(), prod, modality=modality,
-                                    bounds=b.to_dict() if b is not None else None, geometry=geometry)
+                                    bounds=b.to_dict() if b is not None else None, geometry=geometry,
+                                    next_id=int(first_id))
             commit_manifest(path, manifest)
             fsync_dir(path.parent)
         except BaseException:

@@ -251,9 +251,9 @@ def _now() -> str:
 
 def new_manifest(dim: int, curv: float, preset: dict[str, Any], producer: dict[str, Any], *,
                  modality: str = "image", bounds: dict[str, Any] | None = None,
-                 geometry: str = "lorentz") -> Manifest:
+                 geometry: str = "lorentz", next_id: int = 0) -> Manifest:
     now = _now()
     return Manifest(
         dim=dim, curv=curv, preset=preset, producer=producer, created_at=now, committed_at=now,
-        modality=modality, bounds=bounds, geometry=geometry,
+        modality=modality, bounds=bounds, geometry=geometry, next_id=next_id,
     )
