@@ -34,9 +34,20 @@ from typing import Any
 
 import numpy as np
 
-from ..embed.indexer import ALREADY, REPORTS_DIR, RunSummary, prepare_file
+from ..embed.committer import RunWrites
+from ..embed.indexer import prepare_file
 from ..embed.listing import list_images
-from ..embed.runs import Report, indexed_hashes, meta_table, open_or_create, reason_class, stamp
+from ..embed.runs import (
+    ALREADY,
+    REPORTS_DIR,
+    Report,
+    RunSummary,
+    indexed_hashes,
+    meta_table,
+    open_or_create,
+    reason_class,
+    stamp,
+)
 from ..errors import InvalidInputError
 from ..storage.manifest import FileEntry
 from ..storage.shards import write_shard
@@ -99,13 +110,9 @@ class Embedder:
         self.path, self.batch_size, self.tag, self.kill_once = Path(index), batch_size, tag, kill_once
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import os
-
         import torch
 
-        if self.kill_once is not None and not os.path.exists(self.kill_once):  # tests: a worker dies mid-job
-            Path(self.kill_once).touch()
-            os._exit(1)
+        remote.die_once(self.kill_once)  # tests: a worker dies mid-job
         t = time.perf_counter()
         ok = np.flatnonzero(batch["reason"] == "")
         n = len(batch["uri"])
@@ -240,6 +247,7 @@ def index_images_on_ray(
         n_decoders = int(decoders or free)
         known = indexed_hashes(ix)
         triage = _Triage(known, summary, rep)
+        writes = RunWrites(ix, rep, summary)
         for p, why in listing.ignored:
             triage.skip(str(p), why)
         if on_start is not None:
@@ -265,18 +273,14 @@ def index_images_on_ray(
                                     fn_constructor_kwargs={"index": str(out.resolve()), "model": model,
                                                            "batch_size": batch_size, "tag": tag,
                                                            "threads": int(actor_cpus), "kill_once": kill_once})
-                _drive(ix, ds, triage, summary, rep, commit_every, commit_seconds, progress)
+                _drive(ix, ds, triage, writes, commit_every, commit_seconds, progress)
             if ix.pending or ix.pending_deletes:
-                ix.commit()
+                writes.commit()
                 summary.commits += 1
         if triage.drop:  # rows whose content an earlier file holds: committed above, deleted now
             ix.delete(np.asarray(triage.drop, np.int64))
             ix.commit()
-        if compact and (len(ix.manifest.candidates) > 1 or len(ix.manifest.shards) > 1):
-            ix.compact()  # the embedders' many small shards (and the commits' segments) merged
-            summary.compacted = True
-        rep.flush()
-        summary.rows, summary.version = len(ix), ix.version
+        writes.finish(compact, merge_shards=True)  # the embedders' many small shards merged
     finally:
         rep.close()
         ix.close()
@@ -287,11 +291,12 @@ def index_images_on_ray(
     return summary
 
 
-def _drive(ix: Any, ds: Any, triage: _Triage, summary: RunSummary, rep: Report, commit_every: int,
-           commit_seconds: float, progress: Callable[[int], None] | None) -> None:
+def _drive(ix: Any, ds: Any, triage: _Triage, writes: RunWrites, commit_every: int, commit_seconds: float,
+           progress: Callable[[int], None] | None) -> None:
     """Adopt the embedders' shards as they come, committing every ``commit_every`` rows or ``commit_seconds``."""
+    summary = writes.summary
     handed, last = 0, time.monotonic()
-    try:
+    with remote.unwrapped():
         for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
             entries = [FileEntry(**json.loads(s)) for s in b["shard"] if s]
             if entries:
@@ -301,8 +306,7 @@ def _drive(ix: Any, ds: Any, triage: _Triage, summary: RunSummary, rep: Report, 
             summary.model_seconds += float(np.sum(b["model_seconds"]))
             handed += added
             if handed and (handed >= commit_every or time.monotonic() - last >= commit_seconds):
-                ix.commit()
-                rep.flush()  # the report's lines up to the rows just committed
+                writes.commit()  # the report flushed: its lines up to the rows just committed
                 summary.commits += 1
                 if triage.drop:  # committed now, so they can be deleted in the next commit
                     ix.delete(np.asarray(triage.drop, np.int64))
@@ -310,8 +314,3 @@ def _drive(ix: Any, ds: Any, triage: _Triage, summary: RunSummary, rep: Report, 
                 handed, last = 0, time.monotonic()
             if progress is not None:
                 progress(len(b["uri"]))
-    except Exception as e:
-        err = remote.unwrap(e)
-        if err is e:
-            raise
-        raise err from None

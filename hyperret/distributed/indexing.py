@@ -33,17 +33,11 @@ def _index_part(index: str, file: str, row_groups: list[int] | None, id_start: i
                 tag: str, kill_once: str | None = None) -> FileEntry:
     """A Ray task: rows of ``file`` (``row_groups`` of it) as one shard of the index at ``index``.
 
-    ``kill_once`` (tests): a marker path; the first attempt that finds no marker makes
-    it and kills its own worker process, as a crashed machine would.
+    ``kill_once`` (tests): see :func:`hyperret.distributed.remote.die_once`.
     """
-    import os
-
     from ..index import Index
 
-    if kill_once is not None and not os.path.exists(kill_once):
-        Path(kill_once).touch()
-        os._exit(1)
-
+    remote.die_once(kill_once)
     ix = Index.open(index)
     tables = []
     start = id_start

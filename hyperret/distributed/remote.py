@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .. import errors
@@ -31,13 +35,29 @@ def get(refs: Any, where: str = "") -> Any:
     """
     import ray
 
-    try:
+    with unwrapped(where):
         return ray.get(refs)
-    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+
+
+@contextmanager
+def unwrapped(where: str = "") -> Iterator[None]:
+    """Raise the :class:`~hyperret.errors.HyperretError` inside a Ray error escaping the block (see
+    :func:`unwrap`) in its place, as one line; any other error as it is."""
+    try:
+        yield
+    except Exception as e:
         err = unwrap(e, where)
         if err is e:
             raise
         raise err from None
+
+
+def die_once(marker: str | None) -> None:
+    """Tests: the first worker call that finds no file at ``marker`` makes it and kills its own
+    process, as a crashed machine would (Ray then retries the task or restarts the actor)."""
+    if marker is not None and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)
 
 
 def unwrap(e: BaseException, where: str = "") -> BaseException:

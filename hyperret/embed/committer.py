@@ -142,12 +142,16 @@ class RunWrites:
         self.ix.commit()
         self.report.flush()
 
-    def finish(self, compact: bool) -> None:
-        """The last commit, the compaction, the report flushed; the summary's ``rows`` and ``version``."""
+    def finish(self, compact: bool, merge_shards: bool = False) -> None:
+        """The last commit, the compaction, the report flushed; the summary's ``rows`` and ``version``.
+
+        The compaction runs when the commits made more than one segment, or with ``merge_shards``
+        more than one shard (the many small ones of a Ray run's workers).
+        """
         ix, s = self.ix, self.summary
         if ix.pending:
             ix.commit()
-        if compact and len(ix.manifest.candidates) > 1:
+        if compact and (len(ix.manifest.candidates) > 1 or (merge_shards and len(ix.manifest.shards) > 1)):
             ix.compact()
             s.compacted = True
         self.report.flush()

@@ -37,7 +37,6 @@ from .runs import (
     REPORTS_DIR,
     Report,
     RunSummary,
-    check_model,
     indexed_hashes,
     meta_table,
     open_or_create,
@@ -45,7 +44,7 @@ from .runs import (
     stamp,
 )
 
-__all__ = ["ALREADY", "REPORTS_DIR", "Item", "RunSummary", "check_model", "index_images", "prepare_file"]
+__all__ = ["Item", "index_images", "prepare_file"]
 
 Progress = Callable[[int], None]  # called with the number of files just handled
 
