@@ -76,8 +76,7 @@ class Writes(IndexBase):
         ids = validate.ids(ids, x.shape[0])
         if meta is not None:
             self._check_metadata_types(meta)
-        return shard_table(ids, x, self._with_safety_columns(meta, lorentz.radius(x, self.curv)), self.dim,
-                           self.curv)
+        return self._shard_table(ids, x, meta)
 
     def _checked_rows(self, vectors: Any, metadata: Any) -> tuple[np.ndarray, pa.Table | None]:
         """Vectors ``(n, dim)`` checked (unit rows for a cosine index) and their metadata, as ``add`` takes them."""
@@ -188,8 +187,7 @@ class Writes(IndexBase):
         ids = np.concatenate([p[0] for p in self._pending])
         x = np.concatenate([p[1] for p in self._pending])
         meta = _concat_metadata([p[2] for p in self._pending], [len(p[0]) for p in self._pending])
-        r64 = lorentz.radius(x, self.curv)
-        table = shard_table(ids, x, self._with_safety_columns(meta, r64), self.dim, self.curv)
+        table = self._shard_table(ids, x, meta)
         entry = write_shard(self.path, table, tag=f"v{self.version + 1:06d}")
         self._pending_files.append(entry)
         self._pending.clear()
@@ -228,6 +226,12 @@ class Writes(IndexBase):
                     self._next_id = max(self._next_id, int(ids.max()) + 1)
                 rows += len(ids)
         return rows
+
+    def _shard_table(self, ids: np.ndarray, x: np.ndarray, meta: pa.Table | None) -> pa.Table:
+        """A shard's table of checked rows ``x: (n, dim)`` with ``ids: (n,)``, their metadata and safety columns."""
+        r64 = lorentz.radius(x, self.curv)  # once: the stored radius and the safety labels both read it
+        return build_table(ids, x, lorentz.time_component(x, self.curv), r64, self._with_safety_columns(meta, r64),
+                           {"hyperret.dim": str(self.dim), "hyperret.curv": repr(self.curv)})
 
     def _with_safety_columns(self, meta: pa.Table | None, r64: np.ndarray) -> pa.Table | None:
         """Prepend ``unsafe_score`` and ``unsafe_label`` (from the radii ``(n,)``) when the index has bounds."""
@@ -408,13 +412,6 @@ class Writes(IndexBase):
         for f in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
             f.unlink(missing_ok=True)
         return files, freed
-
-
-def shard_table(ids: np.ndarray, x: np.ndarray, meta: pa.Table | None, dim: int, curv: float) -> pa.Table:
-    """A shard's table of validated rows ``x: (n, dim)`` with ``ids: (n,)`` and their metadata."""
-    t64 = lorentz.time_component(x, curv)
-    r64 = lorentz.radius(x, curv)
-    return build_table(ids, x, t64, r64, meta, {"hyperret.dim": str(dim), "hyperret.curv": repr(curv)})
 
 
 def _concat_metadata(metas: list[pa.Table | None], counts: list[int]) -> pa.Table | None:
