@@ -382,3 +382,25 @@ def test_dedup_across_parts_is_the_single_index_collapse(parts, policy):
         assert [p.collapsed for p in got.plans] == [p.collapsed for p in want.plans]
         assert [h["caption"] for h in got.to_list()[0]] == [h["caption"] for h in want.to_list()[0]]
     assert max(p.collapsed for p in got.plans) > 10  # more than one round of the parts was needed
+
+
+def test_a_part_with_deleted_rows_counts_its_live_rows(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from hyperret.distributed.parts import write_parts_file
+    from hyperret.serve import Service, create_app
+
+    for j in range(2):
+        with hyperret.Index.create(tmp_path / f"p{j}", dim=DIM, curv=CURV, first_id=1000 * j) as ix:
+            ix.add(make_points(40, DIM, curv=CURV, seed=j).space)
+            ix.commit()
+            if j:
+                ix.delete(ix.ids()[:15])
+                ix.commit()
+    f = write_parts_file(tmp_path / "c.json", ["p0", "p1"])
+    sh = ShardedIndex.open(f)
+    assert len(sh) == sh.info()["rows"] == 65 and [p["rows"] for p in sh.info()["parts"]] == [40, 25]
+    sh.close()
+    with TestClient(create_app(Service([f, tmp_path / "p1"]))) as client:
+        rows = {i["name"]: i["rows"] for i in client.get("/indexes").json()["indexes"]}
+    assert rows == {"c": 65, "p1": 25}  # live rows: deleted ones counted out once

@@ -26,7 +26,7 @@ def export_cmd(
     ix = Index.open(index)
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     with progress_bars(quiet or as_json) as bars:
-        task = bars.add_task("exporting", total=ix.manifest.rows - ix.manifest.deleted_rows)
+        task = bars.add_task("exporting", total=len(ix))
         info = ix.export(out, force=force, columns=cols, progress=lambda n: bars.update(task, advance=n))
     if as_json:
         dump(info)

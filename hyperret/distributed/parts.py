@@ -123,5 +123,5 @@ class PartsManifest:
                    deleted_rows=sum(m.deleted_rows for m in manifests), dim=first.dim, curv=first.curv,
                    geometry=first.geometry, modality=first.modality, bounds=first.bounds, metadata_columns=cols,
                    producer=dict(first.producer),
-                   parts=[{"path": str(p), "version": m.version, "rows": m.rows - m.deleted_rows}
+                   parts=[{"path": str(p), "version": m.version, "rows": m.rows}
                           for p, m in zip(paths, manifests)])

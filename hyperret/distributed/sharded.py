@@ -205,7 +205,7 @@ class ShardedIndex:
         return self._manifest.version
 
     def __len__(self) -> int:
-        return self._manifest.rows - self._manifest.deleted_rows
+        return self._manifest.rows
 
     def refresh(self) -> int:
         """Read the parts' latest manifests (their actors refresh on every search); returns :attr:`version`."""

@@ -148,7 +148,7 @@ def create_app(service: Service) -> FastAPI:
         for name in service.indexes:
             s = service.served(name)
             m = s.index.manifest
-            out.append({"name": name, "rows": m.rows - m.deleted_rows, "version": m.version, "dim": m.dim,
+            out.append({"name": name, "rows": m.rows, "version": m.version, "dim": m.dim,
                         "geometry": m.geometry, "default_policy": s.default_policy,
                         "bounds": s.index.bounds is not None, "columns": list(m.metadata_columns)})
         return {"indexes": out}
