@@ -382,6 +382,10 @@ def test_dedup_across_parts_is_the_single_index_collapse(parts, policy):
         assert [p.collapsed for p in got.plans] == [p.collapsed for p in want.plans]
         assert [h["caption"] for h in got.to_list()[0]] == [h["caption"] for h in want.to_list()[0]]
     assert max(p.collapsed for p in got.plans) > 10  # more than one round of the parts was needed
+    assert sh.manifest.dedup_radius is None  # no part applied a dedup: True means the default radius
+    got, want = sh.search(q, 10, policy=policy, recall=1.0, dedup=True), whole.search(q, 10, policy=policy,
+                                                                                       recall=1.0, dedup=True)
+    np.testing.assert_array_equal(got.ids, want.ids)
 
 
 def test_a_part_with_deleted_rows_counts_its_live_rows(tmp_path):

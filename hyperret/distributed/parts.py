@@ -99,6 +99,8 @@ class PartsManifest:
     """What a sharded index reports as its manifest: the parts' common fields and their sums.
 
     ``version`` is the sum of the parts' versions: it grows whenever a part commits.
+    ``dedup_radius``: the radius of the parts' last applied dedup when they all record one and
+    the same (what ``search(dedup=True)`` takes), else None.
     """
 
     version: int
@@ -112,6 +114,7 @@ class PartsManifest:
     metadata_columns: dict[str, str]
     producer: dict[str, Any]
     parts: list[dict[str, Any]] = field(default_factory=list)
+    dedup_radius: float | None = None
 
     @classmethod
     def of(cls, paths: list[Path], manifests: list[Manifest]) -> PartsManifest:
@@ -119,9 +122,11 @@ class PartsManifest:
         cols: dict[str, str] = {}
         for m in manifests:
             cols.update(m.metadata_columns)
+        radii = {float(m.dedup["radius"]) if m.dedup and "radius" in m.dedup else None for m in manifests}
         return cls(version=sum(m.version for m in manifests), rows=sum(m.rows for m in manifests),
                    deleted_rows=sum(m.deleted_rows for m in manifests), dim=first.dim, curv=first.curv,
                    geometry=first.geometry, modality=first.modality, bounds=first.bounds, metadata_columns=cols,
                    producer=dict(first.producer),
                    parts=[{"path": str(p), "version": m.version, "rows": m.rows}
-                          for p, m in zip(paths, manifests)])
+                          for p, m in zip(paths, manifests)],
+                   dedup_radius=radii.pop() if len(radii) == 1 else None)

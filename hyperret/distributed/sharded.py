@@ -316,9 +316,8 @@ class ShardedIndex:
         if dedup is True:
             from ..dedup.collapse import DEFAULT_SEARCH_RADIUS
 
-            radii = {float(m.dedup["radius"]) if m.dedup and "radius" in m.dedup else None
-                     for m in (read_latest(p) for p in self.paths)}
-            return radii.pop() if len(radii) == 1 and None not in radii else DEFAULT_SEARCH_RADIUS
+            r = self._manifest.dedup_radius  # read with the manifests, not per search
+            return r if r is not None else DEFAULT_SEARCH_RADIUS
         return validate.radius(dedup, "dedup radius")
 
     def _manifest_at(self, versions: list[int]) -> PartsManifest:
