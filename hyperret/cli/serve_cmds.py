@@ -40,7 +40,7 @@ def serve_cmd(
         import uvicorn
     except ImportError:
         fail("hyperret serve needs the serve extra: pip install 'hyperret[serve]'")
-    from ..serve import CONFIG_ENV, APIKeys, Limits, Service, create_app
+    from ..serve import CONFIG_ENV, create_app, service_from_config
     from .inputs import parse_arch
 
     paths: list[str | Path] = [str(p) for p in indexes]
@@ -51,10 +51,7 @@ def serve_cmd(
            "api_key_file": str(api_key_file) if api_key_file else None,
            "limits": {"max_k": max_k, "timeout_seconds": timeout, "max_body_bytes": max_body,
                       "search_slots": search_slots}}
-    keys = APIKeys.load(api_key_file) if api_key_file else None
-    service = Service(paths, model=model, arch=cfg["arch"], device=device, keys=keys, default_policy=default_policy,
-                      limits=Limits(max_k=max_k, timeout_seconds=timeout, max_body_bytes=max_body,
-                                  search_slots=search_slots), ray_address=ray_address)
+    service = service_from_config(cfg)  # as each worker process builds its own with --workers N
     typer.echo(f"serving {', '.join(service.indexes)} on http://{host}:{port} (page /, API docs /docs)", err=True)
     if workers == 1:
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
